@@ -1,0 +1,12 @@
+"""The diffusion process around the mask predictor: counter-based noise and the training losses."""
+
+from .noise import draw_masks, draw_random_length, noise_key
+from .objectives import (
+    DiffusionBatch, DiffusionLoss, NoiseConfig, check_tokens, diffusion_loss, pretrain_batch, sft_batch,
+)
+
+__all__ = [
+    "draw_masks", "draw_random_length", "noise_key",
+    "DiffusionBatch", "DiffusionLoss", "NoiseConfig", "check_tokens", "diffusion_loss",
+    "pretrain_batch", "sft_batch",
+]

@@ -1,0 +1,141 @@
+"""The LLaDA mask predictor: a LLaMA-style Transformer without the causal mask.
+
+Pre-norm blocks (RMSNorm -> attention with RoPE -> residual, RMSNorm -> SwiGLU -> residual), a
+final RMSNorm and an untied output head; no biases. Logits are not shifted: the logit at position i
+predicts the token at position i. Plain single-device PyTorch: ZeRO-3, activation checkpointing
+and launchers wrap it from outside (checkpointing wraps each element of ``layers``).
+
+Initialisation (for training from scratch at depth)
+---------------------------------------------------
+All matrices are drawn from a normal truncated at 3 sigma with sigma = sqrt(2 / (5 * d_model))
+("small init", Nguyen & Salazar 2019, the GPT-NeoX default), so the scale follows the width rather
+than a fixed 0.02 that is too large for d_model = 4096. The two projections that write into the
+residual stream (attention output, SwiGLU down) use sigma / sqrt(2 * n_layers) (the GPT-2 /
+Megatron scaling), so the residual stream's variance stays of order one at init whatever the
+depth, instead of growing with 2 * n_layers additions. Norm weights start at 1. ``init_std``
+overrides sigma.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .attention import resolve_backend
+from .config import ModelConfig
+from .layers import Embedding, Linear, RMSNorm, SwiGLU
+from .rope import apply_rope, rope_angles
+
+
+def init_stds(cfg: ModelConfig) -> tuple[float, float]:
+    """(sigma for input-side matrices, sigma for residual-output projections)."""
+    std = cfg.init_std if cfg.init_std is not None else math.sqrt(2.0 / (5.0 * cfg.d_model))
+    return std, std / math.sqrt(2.0 * cfg.n_layers)
+
+
+@dataclass
+class AttentionInputs:
+    """What every layer's attention needs, computed once per forward."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    backend: Any
+    prepared: Any  # the backend's mask / cu_seqlens, or None
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        std, out_std = init_stds(cfg)
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, std)
+        self.k_proj = Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, std)
+        self.v_proj = Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, std)
+        self.o_proj = Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, out_std)
+
+    def forward(self, x: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, s, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, attn.cos, attn.sin), apply_rope(k, attn.cos, attn.sin)
+        out = attn.backend(q, k, v, attn.prepared)
+        return self.o_proj(out.reshape(b, s, self.n_heads * self.head_dim))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        std, out_std = init_stds(cfg)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden_size, std, out_std)
+
+    def forward(self, x: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), attn)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class LLaDAModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        std, _ = init_stds(cfg)
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, std)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = Linear(cfg.d_model, cfg.vocab_size, std)
+
+    def init_weights(self) -> None:
+        """Re-draw every parameter (e.g. after ``to_empty`` from the meta device)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        doc_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        logits_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Logits for every position, shape (batch, seq, vocab).
+
+        doc_ids: optional (batch, seq) document ids; attention stays within each document.
+        position_ids: optional (seq,) or (batch, seq) RoPE positions; default 0..seq-1.
+        logits_mask: optional (batch, seq) bool; then only those positions go through the output
+            head and the result is (n_selected, vocab) in row-major order. The diffusion losses
+            score masked positions only, so this skips the head for the rest.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
+        b, s = input_ids.shape
+        h = self.embed(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(s, device=input_ids.device)
+        cos, sin = rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
+        backend = resolve_backend(self.config.attention, h.device, h.dtype)
+        attn = AttentionInputs(cos, sin, backend, backend.prepare(doc_ids))
+        for layer in self.layers:
+            h = layer(h, attn)
+        h = self.norm(h)
+        if logits_mask is not None:
+            h = h[logits_mask]
+        return self.head(h)
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> LLaDAModel:
+    """Build on a device; ``"meta"`` gives shapes and counts without allocating memory."""
+    if device is None:
+        return LLaDAModel(cfg)
+    with torch.device(device):
+        return LLaDAModel(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

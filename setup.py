@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="llada-ds",
+    version="0.1.0",
+    description="Cluster-scale training of LLaDA-style masked diffusion language models with DeepSpeed",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llada_ds", "llada_ds.*"]),
+    # torch is deliberately a range: on CPU machines requirements/cpu.txt pins the CPU wheel,
+    # on GPU machines the user's CUDA build is kept. 2.5 is the first with SDPA's enable_gqa.
+    install_requires=[
+        "torch>=2.5",
+        "deepspeed>=0.16",
+        "numpy",
+        "pyyaml",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["llada-ds=llada_ds.cli:main"]},
+)
