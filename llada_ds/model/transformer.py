@@ -7,13 +7,15 @@ and launchers wrap it from outside (checkpointing wraps each element of ``layers
 
 Initialisation (for training from scratch at depth)
 ---------------------------------------------------
-All matrices are drawn from a normal truncated at 3 sigma with sigma = sqrt(2 / (5 * d_model))
+Matrices are drawn from a normal truncated at 3 sigma with sigma = sqrt(2 / (5 * d_model))
 ("small init", Nguyen & Salazar 2019, the GPT-NeoX default), so the scale follows the width rather
 than a fixed 0.02 that is too large for d_model = 4096. The two projections that write into the
 residual stream (attention output, SwiGLU down) use sigma / sqrt(2 * n_layers) (the GPT-2 /
-Megatron scaling), so the residual stream's variance stays of order one at init whatever the
-depth, instead of growing with 2 * n_layers additions. Norm weights start at 1. ``init_std``
-overrides sigma.
+Megatron scaling): the 2 * n_layers block updates then add up to a residual change of the same
+size whatever the depth. The input embedding is drawn with std 1 (as torchtitan does), so the
+residual stream starts at unit scale and the block updates are small perturbations of the token
+signal at any depth. The output head uses sigma (initial logits of std ~0.6, loss near ln(vocab)).
+Norm weights start at 1. ``init_std`` overrides sigma.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def init_stds(cfg: ModelConfig) -> tuple[float, float]:
     """(sigma for input-side matrices, sigma for residual-output projections)."""
     std = cfg.init_std if cfg.init_std is not None else math.sqrt(2.0 / (5.0 * cfg.d_model))
     return std, std / math.sqrt(2.0 * cfg.n_layers)
+
+
+EMBED_STD = 1.0
 
 
 @dataclass
@@ -86,7 +91,7 @@ class LLaDAModel(nn.Module):
         super().__init__()
         self.config = cfg
         std, _ = init_stds(cfg)
-        self.embed = Embedding(cfg.vocab_size, cfg.d_model, std)
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, EMBED_STD)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = Linear(cfg.d_model, cfg.vocab_size, std)
