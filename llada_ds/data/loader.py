@@ -1,0 +1,150 @@
+"""Exact, resumable streaming of fixed-length training windows to data-parallel ranks.
+
+The token stream of a shard set (documents separated by EOS) is cut into windows of seq_len
+tokens, packed across document boundaries (LLaDA trains on such windows, with no attention mask).
+Global sample g is window shuffled(g mod n, seed, epoch = g div n): the order is a pure function
+of (seed, global sample index), like Megatron's and OLMo-core's loaders. Optimizer step s
+consumes global samples [s*B, (s+1)*B) for global batch B; rank r of W takes the contiguous
+slice [s*B + r*B/W, s*B + (r+1)*B/W), cut into micro-batches for gradient accumulation.
+
+So the only state is the global counter (samples consumed = step * B), plus the seed and the data
+fingerprint to refuse resuming on other data. A job resumed with another world size continues the
+exact global sequence: nothing is skipped or repeated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .order import shuffled
+from .shards import ShardSet
+
+
+class DataStateError(ValueError):
+    """A saved data state does not fit this data set or configuration."""
+
+
+@dataclass(frozen=True)
+class DataState:
+    """What a checkpoint keeps of the data loader: global counters only."""
+
+    samples_consumed: int
+    seed: int
+    seq_len: int
+    data_fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataState":
+        return cls(**d)
+
+
+@dataclass
+class MicroBatch:
+    tokens: torch.Tensor  # (m, seq_len) long
+    sample_indices: list[int]  # global sample index of each row (keys the diffusion noise too)
+    doc_ids: torch.Tensor | None = None  # (m, seq_len), when document masking is on
+
+
+def doc_ids_from_eos(tokens: np.ndarray | torch.Tensor, eos_id: int):
+    """Document number of each token in a window; an EOS belongs to the document it ends."""
+    is_eos = tokens == eos_id
+    if isinstance(tokens, torch.Tensor):
+        ends = torch.zeros_like(tokens, dtype=torch.long)
+        ends[..., 1:] = is_eos[..., :-1].long()
+        return ends.cumsum(-1)
+    ends = np.zeros(tokens.shape, dtype=np.int64)
+    ends[..., 1:] = is_eos[..., :-1]
+    return ends.cumsum(-1)
+
+
+class WindowDataset:
+    """Random access to global samples: sample g -> one window of tokens."""
+
+    def __init__(self, shards: ShardSet, seq_len: int, seed: int) -> None:
+        if seq_len <= 0:
+            raise ValueError(f"data.seq_len must be positive, got {seq_len}")
+        self.shards, self.seq_len, self.seed = shards, seq_len, seed
+        self.n_windows = shards.total_tokens // seq_len
+        if self.n_windows == 0:
+            raise DataStateError(
+                f"{shards.storage.describe('')}: {shards.total_tokens} tokens, fewer than one window of {seq_len}"
+            )
+
+    def windows(self, sample_indices: np.ndarray) -> np.ndarray:
+        sample_indices = np.asarray(sample_indices, dtype=np.int64)
+        out = np.empty_like(sample_indices)
+        epochs = sample_indices // self.n_windows
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            out[sel] = shuffled(sample_indices[sel] % self.n_windows, self.n_windows, self.seed, int(epoch))
+        return out
+
+    def get(self, sample_indices: list[int]) -> np.ndarray:
+        rows = [self.shards.read(int(w) * self.seq_len, self.seq_len) for w in self.windows(np.array(sample_indices))]
+        return np.stack(rows) if rows else np.empty((0, self.seq_len), dtype=np.int64)
+
+
+class DistributedBatches:
+    """The micro-batches rank `rank` of `world` trains on at each optimizer step."""
+
+    def __init__(
+        self, dataset: WindowDataset, global_batch: int, micro_batch: int, rank: int = 0, world: int = 1,
+        document_masking: bool = False,
+    ) -> None:
+        if world <= 0 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} of world size {world}")
+        if global_batch % (world * micro_batch):
+            raise DataStateError(
+                f"global batch {global_batch} is not divisible by world size {world} x micro batch {micro_batch}"
+            )
+        self.dataset, self.global_batch, self.micro_batch = dataset, global_batch, micro_batch
+        self.rank, self.world = rank, world
+        self.document_masking = document_masking
+        self.per_rank = global_batch // world
+        self.accumulation = self.per_rank // micro_batch
+
+    def sample_indices(self, step: int) -> list[int]:
+        start = step * self.global_batch + self.rank * self.per_rank
+        return list(range(start, start + self.per_rank))
+
+    def step(self, step: int) -> list[MicroBatch]:
+        indices = self.sample_indices(step)
+        out = []
+        for i in range(0, len(indices), self.micro_batch):
+            chunk = indices[i : i + self.micro_batch]
+            tokens = torch.from_numpy(self.dataset.get(chunk))
+            docs = doc_ids_from_eos(tokens, self.dataset.shards.eos_id) if self.document_masking else None
+            out.append(MicroBatch(tokens, chunk, docs))
+        return out
+
+    def steps(self, start_step: int) -> Iterator[tuple[int, list[MicroBatch]]]:
+        step = start_step
+        while True:
+            yield step, self.step(step)
+            step += 1
+
+    def state(self, steps_done: int) -> DataState:
+        return DataState(steps_done * self.global_batch, self.dataset.seed, self.dataset.seq_len,
+                         self.dataset.shards.index.fingerprint)
+
+    def resume_step(self, state: DataState) -> int:
+        """The step to continue from, after checking the state belongs to this data and config."""
+        here = self.state(0)
+        for key in ("seed", "seq_len", "data_fingerprint"):
+            if getattr(state, key) != getattr(here, key):
+                raise DataStateError(
+                    f"checkpoint data state has {key}={getattr(state, key)!r}, this run has {getattr(here, key)!r}"
+                )
+        if state.samples_consumed % self.global_batch:
+            raise DataStateError(
+                f"checkpoint consumed {state.samples_consumed} samples, not a multiple of the global batch "
+                f"{self.global_batch}: the global batch must not change across a resume"
+            )
+        return state.samples_consumed // self.global_batch

@@ -1,0 +1,220 @@
+"""The pretokenized shard format, and opening a shard set with every check a user needs.
+
+A shard set is a directory (one per split) holding:
+  shard-NNNNN.bin   a 32-byte header (magic, format version, token byte width, token count,
+                    document count; little-endian) followed by uint32 token ids, documents
+                    separated by EOS (each document is followed by one EOS);
+  index.json        format name and version, the tokenizer's fingerprint, vocabulary size and EOS
+                    id, and per shard: file name, tokens, documents, bytes, sha256.
+Files are written under a temporary name and renamed, so a shard that exists is complete; the
+index is written last, so a set with an index is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Literal
+
+import numpy as np
+
+from .storage import Storage
+
+FORMAT_NAME = "llada-ds-shards"
+FORMAT_VERSION = 1
+MAGIC = b"LLDSTOK\x00"
+HEADER = struct.Struct("<8sIIQQ")  # magic, version, bytes per token, tokens, documents
+HEADER_BYTES = HEADER.size  # 32
+TOKEN_DTYPE = np.dtype("<u4")
+INDEX_NAME = "index.json"
+
+
+class ShardError(ValueError):
+    """A shard set is missing, corrupt or does not belong to this run; the message names the file."""
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.bin"
+
+
+def encode_shard(tokens: np.ndarray, documents: int) -> bytes:
+    tokens = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE)
+    return HEADER.pack(MAGIC, FORMAT_VERSION, TOKEN_DTYPE.itemsize, tokens.size, documents) + tokens.tobytes()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    tokens: int
+    documents: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    fingerprint: str
+    vocab_size: int
+    eos_id: int
+
+
+@dataclass
+class ShardIndex:
+    tokenizer: TokenizerInfo
+    shards: list[ShardInfo] = field(default_factory=list)
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    @property
+    def total_documents(self) -> int:
+        return sum(s.documents for s in self.shards)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the data: changes if any shard's content or the tokenizer changes."""
+        h = hashlib.sha256(self.tokenizer.fingerprint.encode())
+        for s in self.shards:
+            h.update(f"{s.file}:{s.tokens}:{s.sha256}".encode())
+        return h.hexdigest()[:16]
+
+    def to_json(self) -> str:
+        body = {
+            "format": self.format, "version": self.version,
+            "tokenizer": asdict(self.tokenizer),
+            "total_tokens": self.total_tokens, "total_documents": self.total_documents,
+            "shards": [asdict(s) for s in self.shards],
+        }
+        return json.dumps(body, indent=1) + "\n"
+
+    @classmethod
+    def load(cls, storage: Storage) -> "ShardIndex":
+        where = storage.describe(INDEX_NAME)
+        if not storage.exists(INDEX_NAME):
+            raise ShardError(f"{where}: no shard index (missing or unfinished shard build?)")
+        try:
+            body = json.loads(storage.read_bytes(INDEX_NAME).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ShardError(f"{where}: not valid JSON ({exc})") from None
+        if body.get("format") != FORMAT_NAME:
+            raise ShardError(f"{where}: format {body.get('format')!r} is not {FORMAT_NAME!r}")
+        if body.get("version") != FORMAT_VERSION:
+            raise ShardError(f"{where}: format version {body.get('version')!r}, this reader reads {FORMAT_VERSION}")
+        try:
+            return cls(
+                tokenizer=TokenizerInfo(**body["tokenizer"]),
+                shards=[ShardInfo(**s) for s in body["shards"]],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ShardError(f"{where}: malformed index ({exc})") from None
+
+
+def file_sha256(storage: Storage, name: str, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    size = storage.size(name)
+    for offset in range(0, size, chunk):
+        h.update(storage.read_bytes(name, offset, chunk))
+    return h.hexdigest()
+
+
+Verify = Literal["full", "header"]
+
+
+class ShardSet:
+    """All shards of one split as one random-access token stream.
+
+    Opening checks every shard's presence, size and header (cheap). With verify="full" it also
+    checks the sha256 of the shards in ``verify_shards`` (default all; a distributed reader gives
+    each rank a share so every shard is hashed once per job). Token ids are checked against the
+    vocabulary as they are read.
+    """
+
+    def __init__(
+        self, storage: Storage, verify: Verify = "full", tokenizer_fingerprint: str | None = None,
+        verify_shards: Iterable[int] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.index = ShardIndex.load(storage)
+        tok = self.index.tokenizer
+        if tokenizer_fingerprint is not None and tokenizer_fingerprint != tok.fingerprint:
+            raise ShardError(
+                f"{storage.describe(INDEX_NAME)}: shards were built with tokenizer {tok.fingerprint}, "
+                f"but this run uses tokenizer {tokenizer_fingerprint}; re-tokenize or use the matching tokenizer"
+            )
+        if verify not in ("full", "header"):
+            raise ValueError(f"data.verify must be 'full' or 'header', got {verify!r}")
+        self.vocab_size = tok.vocab_size
+        self.eos_id = tok.eos_id
+        self._arrays = [self._open(s) for s in self.index.shards]
+        if verify == "full":
+            for i in range(len(self.index.shards)) if verify_shards is None else verify_shards:
+                info = self.index.shards[i]
+                if file_sha256(storage, info.file) != info.sha256:
+                    raise ShardError(f"{storage.describe(info.file)}: checksum mismatch (corrupt or replaced shard)")
+        self.offsets = np.concatenate(([0], np.cumsum([s.tokens for s in self.index.shards]))).astype(np.int64)
+
+    def _open(self, info: ShardInfo) -> np.ndarray:
+        where = self.storage.describe(info.file)
+        if not self.storage.exists(info.file):
+            raise ShardError(f"{where}: shard listed in the index is missing")
+        size = self.storage.size(info.file)
+        if size != info.bytes or size != HEADER_BYTES + info.tokens * TOKEN_DTYPE.itemsize:
+            raise ShardError(
+                f"{where}: {size} bytes, the index expects {info.bytes} ({info.tokens} tokens): truncated or corrupt"
+            )
+        magic, version, width, tokens, documents = HEADER.unpack(self.storage.read_bytes(info.file, 0, HEADER_BYTES))
+        if magic != MAGIC:
+            raise ShardError(f"{where}: not a llada-ds shard (bad magic {magic!r})")
+        if version != FORMAT_VERSION or width != TOKEN_DTYPE.itemsize:
+            raise ShardError(f"{where}: shard format version {version} / {width}-byte tokens, expected "
+                             f"{FORMAT_VERSION} / {TOKEN_DTYPE.itemsize}")
+        if tokens != info.tokens or documents != info.documents:
+            raise ShardError(f"{where}: header says {tokens} tokens / {documents} documents, "
+                             f"the index says {info.tokens} / {info.documents}")
+        return self.storage.array(info.file, TOKEN_DTYPE, HEADER_BYTES, info.tokens)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of the concatenated stream, as int64."""
+        if start < 0 or start + length > self.total_tokens:
+            raise IndexError(f"tokens [{start}, {start + length}) outside [0, {self.total_tokens})")
+        out = np.empty(length, dtype=np.int64)
+        pos, filled = start, 0
+        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while filled < length:
+            local = pos - int(self.offsets[shard])
+            take = min(length - filled, int(self.offsets[shard + 1]) - pos)
+            chunk = self._arrays[shard][local : local + take]
+            if take and int(chunk.max()) >= self.vocab_size:
+                bad = local + int(np.argmax(chunk >= self.vocab_size))
+                raise ShardError(
+                    f"{self.storage.describe(self.index.shards[shard].file)}: token {int(self._arrays[shard][bad])} "
+                    f"at token offset {bad} is outside the vocabulary of {self.vocab_size}"
+                )
+            out[filled : filled + take] = chunk
+            filled += take
+            pos += take
+            shard += 1
+        return out
+
+
+def write_shard(storage: Storage, i: int, tokens: np.ndarray, documents: int) -> ShardInfo:
+    """Write shard i atomically and describe it for the index."""
+    data = encode_shard(tokens, documents)
+    name = shard_name(i)
+    storage.write_atomic(name, data)
+    return ShardInfo(name, int(np.asarray(tokens).size), documents, len(data), hashlib.sha256(data).hexdigest())
+
+
+def write_index(storage: Storage, tokenizer: TokenizerInfo, shards: list[ShardInfo]) -> ShardIndex:
+    index = ShardIndex(tokenizer=tokenizer, shards=list(shards))
+    storage.write_atomic(INDEX_NAME, index.to_json().encode())
+    return index
