@@ -56,6 +56,22 @@ def test_sdpa_matches_eager_fp32(kv, docs):
     assert rel_err(out, ref) < 1e-5
 
 
+def test_sdpa_grouped_heads_with_a_mask_in_bf16_match_eager():
+    # The path that repeats KV heads itself (mask given) and the native GQA path (no mask, bf16).
+    q, k, v = (t.bfloat16() for t in qkv(s=32, kv=2, d=32))
+    docs = torch.tensor([[0] * 20 + [1] * 12] * 2)
+    eager, sdpa = EagerAttention(), SdpaAttention()
+    for d in (None, docs):
+        ref = eager(q.float(), k.float(), v.float(), eager.prepare(d))
+        assert rel_err(sdpa(q, k, v, sdpa.prepare(d)).float(), ref) < 2e-2
+
+
+def test_flash_refuses_head_dims_it_cannot_run():
+    q, k, v = qkv(d=12)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        FlashAttention(reference_flash_func, reference_varlen_func)(q, k, v, None)
+
+
 def test_attention_is_not_causal():
     q, k, v = qkv(b=1)
     backend = SdpaAttention()

@@ -31,6 +31,9 @@ def test_info_prints_the_exact_8b_count_flops_and_zero3_memory():
 def test_bad_arguments_give_clear_errors(capsys):
     assert main(["info", "--preset", "tiny", "--gpus", "0"]) == 2
     assert "--gpus" in capsys.readouterr().err
+    assert main(["info", "--preset", "tiny", "--gpus", "12"]) == 2  # DeepSpeed's estimator needs full nodes
+    assert "12 GPUs do not fill nodes of 8" in capsys.readouterr().err
+    assert main(["info", "--preset", "tiny", "--gpus", "12", "--gpus-per-node", "4"]) == 0
     with pytest.raises(SystemExit):
         main(["info", "--preset", "llada-70b"])
     assert "invalid choice" in capsys.readouterr().err

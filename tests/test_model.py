@@ -94,6 +94,22 @@ def test_residual_stream_stays_at_unit_scale_whatever_the_depth():
     assert upd32 < 0.5 * emb32
 
 
+def test_bf16_weights_are_drawn_in_fp32_then_rounded():
+    from llada_ds.model.layers import Linear
+
+    torch.manual_seed(0)
+    ref = Linear(256, 512, 0.02).weight.detach()
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            low = Linear(256, 512, 0.02).weight.detach()
+        finally:
+            torch.set_default_dtype(torch.float32)
+    assert low.dtype == torch.bfloat16
+    assert torch.equal(low, ref.to(torch.bfloat16))
+
+
 def test_init_weights_after_meta_materialisation():
     model = build_model(SMALL, device="meta")
     model.to_empty(device="cpu")
@@ -143,6 +159,7 @@ def test_document_mask_isolates_documents():
         ({"attention": "fast"}, "model.attention"),
         ({"n_layers": 0}, "model.n_layers"),
         ({"rope_theta": -1.0}, "model.rope_theta"),
+        ({"n_kv_heads": True}, "model.n_kv_heads"),
     ],
 )
 def test_bad_config_names_the_key(changes, key):

@@ -41,9 +41,33 @@ def test_key_mixes_every_part():
     keys = {noise_key(s, st, step, i) for s in (0, 1) for st in (STREAM_MASK, STREAM_LENGTH)
             for step in (0, 1) for i in (0, 1)}
     assert len(keys) == 16
-    assert all(0 <= k < 2**63 for k in keys)
+    assert all(0 <= k < 2**64 for k in keys)
     with pytest.raises(ValueError, match="index"):
         noise_key(0, 1, 0, -5)
+
+
+def test_every_bit_of_seed_step_and_index_matters():
+    # A generator keeping only 32 bits of its seed made these two samples share t and mask.
+    a = draw_masks(0, 741, [47474], 4096, 1e-3)
+    b = draw_masks(0, 1174, [75187], 4096, 1e-3)
+    assert a.t[0] != b.t[0] and not torch.equal(a.masked, b.masked)
+    for base, wide in (((5, 1, [9]), (5 + 2**32, 1, [9])), ((5, 1, [9]), (5, 1 + 2**32, [9])),
+                       ((5, 1, [9]), (5, 1, [9 + 2**32]))):
+        assert draw_masks(*base, 64, 1e-3).t[0] != draw_masks(*wide, 64, 1e-3).t[0]
+    with pytest.raises(ValueError, match="step"):
+        draw_masks(0, -1, [0], 8, 1e-3)
+
+
+def test_noise_bit_stream_is_pinned():
+    # Resumed runs must see the noise the original run saw, also after upgrading NumPy or torch:
+    # these values pin Philox4x64 keyed (seed, stream), counter (0, 0, index, step). If this
+    # fails, checkpoints made before the change no longer resume exactly; treat it as a break.
+    d = draw_masks(17, 5, [100, 2**40], 12, 1e-3)
+    assert d.t.tolist() == pytest.approx([0.6398768424987793, 0.6085568070411682], abs=0)
+    assert d.masked.int().tolist() == [[0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1, 1], [0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1]]
+    from llada_ds.diffusion.noise import draw_random_length
+
+    assert [draw_random_length(17, s, 4096, 0.5) for s in range(6)] == [3983, 1301, 1139, 3497, 580, 4096]
 
 
 def _free_port():

@@ -2,20 +2,26 @@
 
 Construction
 ------------
-For a sample we hash (seed, stream, step, global sample index) into a 63-bit integer with a
-chain of SplitMix64 finalisers (Steele et al. 2014; each part is xor-ed into the state and mixed,
-so changing any part changes every output bit with probability ~1/2). That integer seeds a fresh
-CPU ``torch.Generator`` (Mersenne Twister), from which the sample's t and its per-token uniforms
-are drawn in a fixed order. The draws happen on the CPU whatever the training device, so they are
-bitwise identical on CPU and GPU, and are then copied to the device.
+Draws come from Philox4x64 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"),
+the counter-based generator behind JAX and cuRAND, in NumPy's implementation. Philox encrypts a
+256-bit counter under a 128-bit key; we use key = (seed, stream) and put the sample's identity in
+the counter's high words: counter = (0, 0, global sample index, step). The draws of one sample
+advance only the low 128 bits, so distinct (step, index) pairs can never share or overlap a
+stream, and no hashing down to a short seed is involved (torch's CPU generator, for instance,
+keeps only 32 bits of its seed: at 5e8 samples that would give millions of noise collisions).
+From that stream, t and then the per-token uniforms are drawn in a fixed order, on the CPU, so
+CPU and GPU runs agree bitwise; the result is then copied to the device.
 
 Consequences: the same sample at the same step gets the same t and mask whatever its position in
 the batch, the batch size, the rank it lands on, the number of ranks, or how often the job was
 restarted; and no rank-local generator state has to be checkpointed. Per-batch decisions (the 1%
-random-length cut) are keyed by (seed, step) alone, so every rank and micro-batch of a step agrees.
+random-length cut) use index 0 of their own stream, keyed by (seed, step) alone, so every rank
+and micro-batch of a step agrees.
 
-The cost is one generator per sample per step (microseconds) and a host-to-device copy of a
-(batch, seq) tensor, negligible next to a forward pass.
+The cost is one Philox generator per sample per step (~25 us for 4096 tokens) and a
+host-to-device copy of a (batch, seq) tensor, negligible next to a forward pass.
+
+``noise_key`` (SplitMix64 chain) derives 63-bit keys for other keyed uses, e.g. the data order.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -41,17 +48,23 @@ def _splitmix64(z: int) -> int:
 
 
 def noise_key(seed: int, stream: int, step: int, index: int) -> int:
-    """A 63-bit key (fits torch.Generator.manual_seed) from four non-negative integers."""
+    """A 64-bit key from four non-negative integers."""
     state = 0
     for name, part in (("seed", seed), ("stream", stream), ("step", step), ("index", index)):
         if not isinstance(part, int) or part < 0:
             raise ValueError(f"noise key part {name} must be a non-negative integer, got {part!r}")
         state = _splitmix64(state ^ (part & _MASK64))
-    return state >> 1
+    return state
 
 
-def generator(seed: int, stream: int, step: int, index: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(noise_key(seed, stream, step, index))
+def generator(seed: int, stream: int, step: int, index: int) -> np.random.Generator:
+    """The Philox stream of one (seed, stream, step, index)."""
+    for name, part in (("seed", seed), ("stream", stream), ("step", step), ("index", index)):
+        if not isinstance(part, (int, np.integer)) or not 0 <= part < 2**64:
+            raise ValueError(f"noise key part {name} must be an integer in [0, 2^64), got {part!r}")
+    bits = np.random.Philox(key=np.array([seed, stream], dtype=np.uint64),
+                            counter=np.array([0, 0, index, step], dtype=np.uint64))
+    return np.random.Generator(bits)
 
 
 @dataclass(frozen=True)
@@ -67,12 +80,13 @@ def draw_masks(
 ) -> MaskDraw:
     """Per sample: t ~ U(0, 1), p = (1 - eps) t + eps, each token masked with probability p."""
     indices = [int(i) for i in (sample_indices.tolist() if torch.is_tensor(sample_indices) else sample_indices)]
-    ts = torch.empty(len(indices), dtype=torch.float32)
-    uniforms = torch.empty(len(indices), seq_len, dtype=torch.float32)
+    ts = np.empty(len(indices), dtype=np.float32)
+    uniforms = np.empty((len(indices), seq_len), dtype=np.float32)
     for row, index in enumerate(indices):
         g = generator(seed, STREAM_MASK, step, index)
-        ts[row] = torch.rand((), generator=g)
-        uniforms[row] = torch.rand(seq_len, generator=g)
+        ts[row] = g.random(dtype=np.float32)
+        uniforms[row] = g.random(seq_len, dtype=np.float32)
+    ts, uniforms = torch.from_numpy(ts), torch.from_numpy(uniforms)
     p_mask = (1 - eps) * ts + eps
     masked = uniforms < p_mask[:, None]
     return MaskDraw(ts.to(device), p_mask.to(device), masked.to(device))
@@ -81,6 +95,6 @@ def draw_masks(
 def draw_random_length(seed: int, step: int, seq_len: int, probability: float) -> int:
     """The sequence length for this step: seq_len, or with the given probability U{1..seq_len}."""
     g = generator(seed, STREAM_LENGTH, step, 0)
-    if torch.rand((), generator=g).item() < probability:
-        return int(torch.randint(1, seq_len + 1, (), generator=g).item())
+    if g.random() < probability:
+        return int(g.integers(1, seq_len + 1))
     return seq_len

@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 
 
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def segment_ids(doc_ids: torch.Tensor) -> torch.Tensor:
     """Number the maximal runs of equal ids in each row: [7, 7, 3, 7] -> [0, 0, 1, 2]."""
     if doc_ids.dim() != 2:
@@ -83,8 +86,11 @@ class EagerAttention:
 class SdpaAttention:
     """torch.nn.functional.scaled_dot_product_attention with is_causal=False.
 
-    Torch picks its flash, cuDNN, memory-efficient or math kernel; a document mask rules out the
-    flash kernel (it takes no mask), so packed-document training on GPU should prefer `flash`.
+    Torch picks its flash, cuDNN, memory-efficient or math kernel. Only the flash kernel (no mask,
+    fp16/bf16) and math accept grouped KV heads natively; in every other case the KV heads are
+    repeated first, so that a masked or fp32 call reaches the memory-efficient kernel instead of
+    falling back to math, which materialises (batch, heads, seq, seq) scores. A document mask rules
+    out SDPA's flash kernel, so packed-document training on GPU should prefer `flash`.
     """
 
     name = "sdpa"
@@ -93,10 +99,12 @@ class SdpaAttention:
         return None if doc_ids is None else block_diagonal_mask(doc_ids)
 
     def __call__(self, q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        gqa = k.shape[2] != q.shape[2]
+        native_gqa = k.shape[2] != q.shape[2] and mask is None and q.dtype in _FLASH_DTYPES
+        if not native_gqa:
+            k, v = _expand_kv(k, q.shape[2]), _expand_kv(v, q.shape[2])
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=mask, is_causal=False, enable_gqa=gqa,
+            attn_mask=mask, is_causal=False, enable_gqa=native_gqa,
         )
         return out.transpose(1, 2)
 
@@ -137,6 +145,9 @@ class FlashAttention:
         return None if doc_ids is None else cu_seqlens_from_doc_ids(doc_ids)
 
     def __call__(self, q, k, v, packed: Optional[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        if q.shape[-1] % 8 or q.shape[-1] > 256:
+            raise ValueError(f"flash-attn needs a head dimension that is a multiple of 8 and at most 256, "
+                             f"got {q.shape[-1]}; use model.attention='sdpa'")
         if packed is None:
             return self._attn(q, k, v, causal=False)
         b, s, h, d = q.shape
@@ -150,8 +161,6 @@ class FlashAttention:
         )
         return out.reshape(b, s, h, d)
 
-
-_FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Any:

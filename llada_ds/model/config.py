@@ -40,7 +40,9 @@ class ModelConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
-        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0):
+        if self.n_kv_heads is not None and (
+            not isinstance(self.n_kv_heads, int) or isinstance(self.n_kv_heads, bool) or self.n_kv_heads <= 0
+        ):
             raise ConfigError(f"model.n_kv_heads must be a positive integer or null, got {self.n_kv_heads!r}")
         if self.d_model % self.n_heads:
             raise ConfigError(

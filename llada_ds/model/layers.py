@@ -13,9 +13,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+@torch.no_grad()
 def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
     # Truncating at 3 sigma removes the rare huge initial weights without changing the scale much.
-    nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+    # Drawn in fp32 and then copied: drawing directly in bf16 (zero.Init with a bf16 dtype)
+    # quantises the inverse-CDF sampling and distorts the tails.
+    if weight.dtype == torch.float32 or weight.is_meta:
+        nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        return
+    full = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+    nn.init.trunc_normal_(full, mean=0.0, std=std, a=-3 * std, b=3 * std)
+    weight.copy_(full)
 
 
 class Linear(nn.Linear):

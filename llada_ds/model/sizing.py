@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .transformer import build_model
 
 GIB = 1024**3
@@ -66,7 +66,11 @@ def zero3_model_state_memory(params: ParameterCount, n_gpus: int, gpus_per_node:
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     per_node = min(n_gpus, gpus_per_node)
-    nodes = -(-n_gpus // per_node)
+    if n_gpus % per_node:
+        raise ConfigError(
+            f"{n_gpus} GPUs do not fill nodes of {gpus_per_node}: pass a --gpus-per-node that divides --gpus"
+        )
+    nodes = n_gpus // per_node
     rows = []
     for label, offload_opt, offload_params in (
         ("no offload", False, False),

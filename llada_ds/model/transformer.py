@@ -119,18 +119,22 @@ class LLaDAModel(nn.Module):
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
-        b, s = input_ids.shape
+        device = input_ids.device
         h = self.embed(input_ids)
         if position_ids is None:
-            position_ids = torch.arange(s, device=input_ids.device)
-        cos, sin = rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
-        backend = resolve_backend(self.config.attention, h.device, h.dtype)
-        attn = AttentionInputs(cos, sin, backend, backend.prepare(doc_ids))
+            position_ids = torch.arange(input_ids.shape[1], device=device)
+        cos, sin = rope_angles(position_ids.to(device), self.config.head_dim, self.config.rope_theta)
+        # Under autocast the projections produce the autocast dtype, not the weights' dtype:
+        # the kernel choice must follow what q, k and v will be.
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else h.dtype
+        backend = resolve_backend(self.config.attention, device, dtype)
+        prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device))
+        attn = AttentionInputs(cos, sin, backend, prepared)
         for layer in self.layers:
             h = layer(h, attn)
         h = self.norm(h)
         if logits_mask is not None:
-            h = h[logits_mask]
+            h = h[logits_mask.to(device)]
         return self.head(h)
 
 
