@@ -16,6 +16,12 @@ setup(
         "deepspeed>=0.16",
         "numpy",
         "pyyaml",
+        "tqdm",
+        "sentencepiece>=0.2",
+        "datasets>=2.19",
+        # Hugging Face tokenizer folders (released LLaDA tokenizers) and exports.
+        "transformers>=4.44",
+        "protobuf",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],

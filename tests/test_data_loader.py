@@ -195,3 +195,16 @@ def test_token_outside_the_vocabulary_names_shard_and_offset(tmp_path):
     assert shards.read(0, 3).tolist() == [5, 6, EOS]
     with pytest.raises(ShardError, match=r"shard-00001\.bin: token 1005 at token offset 1 is outside"):
         shards.read(2, 3)
+
+
+def test_window_reads_match_plain_reads_and_check_the_vocabulary(tmp_path):
+    storage, stream = make_set(tmp_path)
+    shards = ShardSet(storage)
+    starts = np.array([0, 5, shards.offsets[1] - 4, shards.offsets[2] - 1, stream.size - 12])
+    rows = shards.read_windows(starts, 12)
+    assert np.array_equal(rows, np.stack([stream[s : s + 12] for s in starts]))
+    infos = [write_shard(LocalStorage(tmp_path / "bad"), 0, np.array([5, 6, EOS, 7, VOCAB, EOS, 9, 9]), 2)]
+    write_index(LocalStorage(tmp_path / "bad"), TOK, infos)
+    bad = ShardSet(LocalStorage(tmp_path / "bad"))
+    with pytest.raises(ShardError, match=r"shard-00000\.bin: token 1000 at token offset 4"):
+        bad.read_windows(np.array([0, 2]), 3)

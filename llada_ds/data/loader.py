@@ -87,8 +87,8 @@ class WindowDataset:
         return out
 
     def get(self, sample_indices: list[int]) -> np.ndarray:
-        rows = [self.shards.read(int(w) * self.seq_len, self.seq_len) for w in self.windows(np.array(sample_indices))]
-        return np.stack(rows) if rows else np.empty((0, self.seq_len), dtype=np.int64)
+        """(len(sample_indices), seq_len) int64 tokens."""
+        return self.shards.read_windows(self.windows(np.array(sample_indices)) * self.seq_len, self.seq_len)
 
 
 class DistributedBatches:
@@ -116,10 +116,11 @@ class DistributedBatches:
 
     def step(self, step: int) -> list[MicroBatch]:
         indices = self.sample_indices(step)
+        rows = torch.from_numpy(self.dataset.get(indices))  # one vectorised lookup per step
         out = []
         for i in range(0, len(indices), self.micro_batch):
             chunk = indices[i : i + self.micro_batch]
-            tokens = torch.from_numpy(self.dataset.get(chunk))
+            tokens = rows[i : i + self.micro_batch]
             docs = doc_ids_from_eos(tokens, self.dataset.shards.eos_id) if self.document_masking else None
             out.append(MicroBatch(tokens, chunk, docs))
         return out

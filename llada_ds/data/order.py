@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..diffusion.noise import noise_key
+from ..keys import noise_key
 
 _ROUNDS = 6
 STREAM_DATA_ORDER = 16  # keeps data-order keys apart from the diffusion noise streams

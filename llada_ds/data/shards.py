@@ -182,6 +182,39 @@ class ShardSet:
     def total_tokens(self) -> int:
         return int(self.offsets[-1])
 
+    def _check_vocab(self, shard: int, local_start: int, tokens: np.ndarray) -> None:
+        if tokens.size and int(tokens.max()) >= self.vocab_size:
+            flat = tokens.reshape(-1)
+            bad = int(np.argmax(flat >= self.vocab_size))
+            raise ShardError(
+                f"{self.storage.describe(self.index.shards[shard].file)}: token {int(flat[bad])} at token offset "
+                f"{local_start + bad} is outside the vocabulary of {self.vocab_size}"
+            )
+
+    def read_windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Rows of `length` tokens starting at each of `starts`, as an (n, length) int64 array.
+
+        Rows that lie inside one shard (all but a few) are gathered per shard in one vectorised
+        read; rows that straddle two shards go through read().
+        """
+        starts = np.asarray(starts, dtype=np.int64)
+        if starts.size and (starts.min() < 0 or starts.max() + length > self.total_tokens):
+            raise IndexError(f"windows of {length} outside [0, {self.total_tokens})")
+        out = np.empty((starts.size, length), dtype=np.int64)
+        shard_of = np.searchsorted(self.offsets, starts, side="right") - 1
+        inside = starts + length <= self.offsets[shard_of + 1]
+        for shard in np.unique(shard_of[inside]):
+            rows = np.nonzero(inside & (shard_of == shard))[0]
+            local = starts[rows] - self.offsets[shard]
+            block = self._arrays[shard][local[:, None] + np.arange(length)]
+            if block.size and int(block.max()) >= self.vocab_size:
+                r = int(np.argmax((block >= self.vocab_size).any(axis=1)))
+                self._check_vocab(int(shard), int(local[r]), block[r])  # raises, naming the offset
+            out[rows] = block
+        for row in np.nonzero(~inside)[0]:
+            out[row] = self.read(int(starts[row]), length)
+        return out
+
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length) of the concatenated stream, as int64."""
         if start < 0 or start + length > self.total_tokens:
@@ -193,12 +226,7 @@ class ShardSet:
             local = pos - int(self.offsets[shard])
             take = min(length - filled, int(self.offsets[shard + 1]) - pos)
             chunk = self._arrays[shard][local : local + take]
-            if take and int(chunk.max()) >= self.vocab_size:
-                bad = local + int(np.argmax(chunk >= self.vocab_size))
-                raise ShardError(
-                    f"{self.storage.describe(self.index.shards[shard].file)}: token {int(self._arrays[shard][bad])} "
-                    f"at token offset {bad} is outside the vocabulary of {self.vocab_size}"
-                )
+            self._check_vocab(shard, local, chunk)
             out[filled : filled + take] = chunk
             filled += take
             pos += take

@@ -21,7 +21,6 @@ and micro-batch of a step agrees.
 The cost is one Philox generator per sample per step (~25 us for 4096 tokens) and a
 host-to-device copy of a (batch, seq) tensor, negligible next to a forward pass.
 
-``noise_key`` (SplitMix64 chain) derives 63-bit keys for other keyed uses, e.g. the data order.
 """
 
 from __future__ import annotations
@@ -32,29 +31,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-_MASK64 = (1 << 64) - 1
+from ..keys import noise_key  # noqa: F401  (re-exported: part of the noise API)
 
 # Stream ids keep independent uses of the same (step, index) apart.
 STREAM_MASK = 1  # t and the token mask of a sample
 STREAM_LENGTH = 2  # the per-step random-length cut
 STREAM_LIKELIHOOD = 3  # reserved for Monte Carlo likelihood estimates
-
-
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def noise_key(seed: int, stream: int, step: int, index: int) -> int:
-    """A 64-bit key from four non-negative integers."""
-    state = 0
-    for name, part in (("seed", seed), ("stream", stream), ("step", step), ("index", index)):
-        if not isinstance(part, int) or part < 0:
-            raise ValueError(f"noise key part {name} must be a non-negative integer, got {part!r}")
-        state = _splitmix64(state ^ (part & _MASK64))
-    return state
 
 
 def generator(seed: int, stream: int, step: int, index: int) -> np.random.Generator:
