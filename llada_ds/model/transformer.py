@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -95,6 +95,9 @@ class LLaDAModel(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = Linear(cfg.d_model, cfg.vocab_size, std)
+        # How each layer is called: set from outside (e.g. activation checkpointing by the
+        # trainer) without changing the module tree, so parameter names never change.
+        self.layer_runner: Optional[Callable[[nn.Module, torch.Tensor, AttentionInputs], torch.Tensor]] = None
 
     def init_weights(self) -> None:
         """Re-draw every parameter (e.g. after ``to_empty`` from the meta device)."""
@@ -131,7 +134,7 @@ class LLaDAModel(nn.Module):
         prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device))
         attn = AttentionInputs(cos, sin, backend, prepared)
         for layer in self.layers:
-            h = layer(h, attn)
+            h = layer(h, attn) if self.layer_runner is None else self.layer_runner(layer, h, attn)
         h = self.norm(h)
         if logits_mask is not None:
             h = h[logits_mask.to(device)]

@@ -1,0 +1,1 @@
+"""Training: DeepSpeed engine, the loop, checkpoints, monitoring. Entry: python -m llada_ds.train."""

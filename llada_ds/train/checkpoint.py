@@ -1,0 +1,106 @@
+"""Crash-safe checkpoints: DeepSpeed's sharded state plus our run state, published atomically.
+
+    RUN_DIR/checkpoints/step-00000100/   DeepSpeed's files (every rank writes its shard)
+                                         + run_state.json (rank 0, written after all shards)
+    RUN_DIR/checkpoints/latest           the tag of the newest complete checkpoint
+
+The `latest` file has DeepSpeed's own format (the tag as text), so DeepSpeed's tools
+(zero_to_fp32, ds_to_universal) find it, but it is written by us with an atomic rename and only
+after every rank finished and run_state.json exists. A crash (even kill -9) during a save leaves
+`latest` on the previous checkpoint, which stays loadable; the partial directory is ignored and
+removed by the next successful save.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ..data.storage import LocalStorage
+from .distributed import DistInfo, barrier
+
+LATEST = "latest"
+RUN_STATE = "run_state.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
+    pointer = ckpt_root / LATEST
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    path = ckpt_root / tag
+    if not (path / RUN_STATE).is_file():
+        raise CheckpointError(f"{pointer} points to {tag}, which has no {RUN_STATE}: the checkpoint is incomplete")
+    return path
+
+
+def read_run_state(ckpt_dir: Path) -> dict:
+    path = ckpt_dir / RUN_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir}: not a complete llada-ds checkpoint (no {RUN_STATE})")
+    return json.loads(path.read_text())
+
+
+def check_compatible(state: dict, model_cfg: dict, tokenizer_fingerprint: str, where: Path) -> None:
+    """Refuse a checkpoint of another model shape or tokenizer, naming what differs."""
+    saved = state.get("model", {})
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {model_cfg.get(k)!r}"
+             for k in sorted(set(saved) | set(model_cfg))
+             if k != "attention" and saved.get(k) != model_cfg.get(k)]
+    if diffs:
+        raise CheckpointError(f"{where} holds another model shape: " + "; ".join(diffs))
+    if state.get("tokenizer") != tokenizer_fingerprint:
+        raise CheckpointError(f"{where} was trained with tokenizer {state.get('tokenizer')}, this run uses "
+                              f"{tokenizer_fingerprint}")
+
+
+def save_checkpoint(engine, ckpt_root: Path, step: int, run_state: dict, dist: DistInfo, keep_last: int,
+                    delay_seconds: float = 0.0) -> Path:
+    tag = tag_for(step)
+    path = ckpt_root / tag
+    if dist.is_main and path.exists():
+        shutil.rmtree(path)  # a partial directory from a crashed save of the same step
+    barrier()
+    engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"llada_ds": run_state}, save_latest=False)
+    if delay_seconds:
+        time.sleep(delay_seconds)  # fault injection: a window in which the save is incomplete
+    barrier()
+    if dist.is_main:
+        storage = LocalStorage(ckpt_root)
+        storage.write_atomic(f"{tag}/{RUN_STATE}", (json.dumps(run_state, indent=1) + "\n").encode())
+        storage.write_atomic(LATEST, tag.encode())
+        _prune(ckpt_root, keep_last, keep=tag)
+    barrier()
+    return path
+
+
+def _prune(ckpt_root: Path, keep_last: int, keep: str) -> None:
+    complete = sorted(p for p in ckpt_root.glob("step-*") if (p / RUN_STATE).is_file())
+    for old in complete[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for partial in ckpt_root.glob("step-*"):  # left by crashed saves
+        if not (partial / RUN_STATE).is_file() and partial.name != keep:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def load_checkpoint(engine, ckpt_dir: Path, module_only: bool = False) -> dict:
+    path, client = engine.load_checkpoint(
+        str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=not module_only,
+        load_lr_scheduler_states=False, load_module_only=module_only,
+    )
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load {ckpt_dir}")
+    state: Any = (client or {}).get("llada_ds")
+    return state if state is not None else read_run_state(ckpt_dir)

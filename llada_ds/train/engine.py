@@ -1,0 +1,120 @@
+"""Wrap the plain model in a DeepSpeed engine: ZeRO-3 construction, config filling, optimizer.
+
+The DeepSpeed JSON owns the ZeRO strategy; every value the run config owns is "auto" there and
+filled in here (batch sizes, accumulation, clipping, precision, the optimizer), so the two can
+never disagree. A JSON that sets one of those values itself is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ConfigError, RunConfig
+from ..model import LLaDAModel, ModelConfig
+from .distributed import DistInfo
+
+OWNED_BY_RUN_CONFIG = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                       "gradient_clipping")
+
+
+def load_ds_config(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"DeepSpeed config {path} does not exist")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"DeepSpeed config {path}: not valid JSON ({exc})") from None
+
+
+def fill_ds_config(ds: dict, cfg: RunConfig, world: int, source: str = "DeepSpeed config") -> dict:
+    """The DeepSpeed config with the run config's values in place of "auto"."""
+    ds = json.loads(json.dumps(ds))
+    for key in OWNED_BY_RUN_CONFIG:
+        if key in ds and ds[key] != "auto":
+            raise ConfigError(f"{source}: {key}={ds[key]!r}; the run config owns it, set it to \"auto\"")
+    for key in ("optimizer", "scheduler", "fp16"):
+        if key in ds:
+            raise ConfigError(f"{source}: remove the {key!r} section; the run config owns the optimizer, "
+                              "the schedule and the precision (fp16 is not supported: use bf16)")
+    t = cfg.train
+    per_rank = t.global_batch // world
+    if t.global_batch % world or per_rank % t.micro_batch:
+        raise ConfigError(
+            f"train.global_batch={t.global_batch} cannot be split over {world} ranks in micro batches of "
+            f"{t.micro_batch}: it must be a multiple of world size x micro batch = {world * t.micro_batch}"
+        )
+    ds.update(
+        train_batch_size=t.global_batch,
+        train_micro_batch_size_per_gpu=t.micro_batch,
+        gradient_accumulation_steps=per_rank // t.micro_batch,
+        gradient_clipping=cfg.optim.grad_clip,
+    )
+    bf16 = ds.setdefault("bf16", {})
+    if bf16.get("enabled", "auto") not in ("auto", t.precision == "bf16"):
+        raise ConfigError(f"{source}: bf16.enabled={bf16['enabled']!r} contradicts train.precision={t.precision}")
+    bf16["enabled"] = t.precision == "bf16"
+    zero = ds.get("zero_optimization", {})
+    offload_opt = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    ds["optimizer"] = {
+        "type": "AdamW",
+        "params": {"lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
+                   "weight_decay": cfg.optim.weight_decay},
+    }
+    # torch's AdamW needs no compilation (DeepSpeed's FusedAdam builds for minutes on first use);
+    # an offloaded optimizer must be DeepSpeed's CPU Adam.
+    ds["zero_allow_untested_optimizer"] = True
+    if not offload_opt:
+        ds["optimizer"]["params"]["torch_adam"] = True
+    return ds
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings; none on norm weights (1-D)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _checkpointed(layer: nn.Module, x: torch.Tensor, attn: Any) -> torch.Tensor:
+    # The layer is called through __call__ in the recomputation too, so ZeRO-3's hooks gather
+    # its parameters again in backward.
+    return checkpoint(layer, x, attn, use_reentrant=False)
+
+
+def apply_activation_checkpointing(model: LLaDAModel) -> None:
+    """Recompute each block in backward; parameter names stay those of the plain model."""
+    model.layer_runner = _checkpointed
+
+
+def build_engine(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict, dist: DistInfo):
+    """(engine, model): the ZeRO-3 engine and the (wrapped) plain model inside it."""
+    import deepspeed
+
+    torch.manual_seed(cfg.train.seed)
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        # Parameters are partitioned as each layer is built, so an 8B model never exists whole.
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+            model = LLaDAModel(model_cfg)
+    else:
+        model = LLaDAModel(model_cfg).to(dtype)
+    if cfg.train.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_config,
+    )
+    return engine, model
+
+
+def set_learning_rate(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr

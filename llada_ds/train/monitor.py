@@ -1,0 +1,108 @@
+"""What rank 0 reports: one log line per interval, metrics.jsonl per step, optional wandb.
+
+MFU = achieved model FLOPs / peak FLOPs of the devices, with model FLOPs per token from
+llada_ds.model.sizing (6 N + 12 L d s: bidirectional attention counted fully). The peak is the
+config's log.peak_tflops, else a table of known GPUs (dense bf16), else measured: on CPU (or an
+unknown GPU) a short matmul benchmark gives the rate this device actually reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+KNOWN_PEAK_TFLOPS = {  # dense bf16 tensor-core peaks
+    "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
+    "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "A10": 125.0,
+}
+
+
+def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 1024, repeats: int = 8) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype, configured: Optional[float]) -> tuple[float, str]:
+    if configured:
+        return configured, "configured"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in KNOWN_PEAK_TFLOPS.items():
+            if key in name:
+                return value, f"{name} bf16 peak"
+    return measure_matmul_tflops(device, dtype), f"measured {dtype} matmul on {device.type}"
+
+
+def memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**30
+
+
+class Monitor:
+    """Rank 0's reporting; other ranks get a Monitor that does nothing."""
+
+    def __init__(self, run_dir: Path, active: bool, flops_per_token: float, peak: float, world: int,
+                 wandb_cfg: Optional[dict] = None) -> None:
+        self.active, self.flops_per_token, self.peak, self.world = active, flops_per_token, peak, world
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.log_path = run_dir / "train.log"
+        self.wandb = None
+        self.wandb_id: Optional[str] = None
+        if active and wandb_cfg:
+            self._start_wandb(run_dir, wandb_cfg)
+
+    def _start_wandb(self, run_dir: Path, cfg: dict) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise RuntimeError("log.wandb is true but wandb is not installed (pip install wandb)") from None
+        # Offline unless the user has a key: a run never fails for lack of a network.
+        mode = "online" if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online" else "offline"
+        self.wandb_id = cfg.get("id") or wandb.util.generate_id()
+        self.wandb = wandb.init(project=cfg["project"], id=self.wandb_id, resume="allow", dir=str(run_dir),
+                                mode=mode, config=cfg.get("config"))
+
+    def print(self, line: str) -> None:
+        if not self.active:
+            return
+        print(line, flush=True)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    def step(self, record: dict) -> None:
+        if not self.active:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def interval_line(self, step: int, loss: float, acc: float, lr: float, tokens: float, seconds: float,
+                      mem: float, extra: str = "") -> str:
+        tps = tokens / max(seconds, 1e-9)
+        tflops = tps * self.flops_per_token / self.world / 1e12
+        mfu = tflops / self.peak if self.peak else float("nan")
+        return (f"step {step:7d} | loss {loss:8.4f} | masked acc {acc:6.3f} | lr {lr:9.3e} | "
+                f"tok/s {tps:10.0f} ({tps / self.world:.0f}/dev) | TFLOP/s/dev {tflops:7.3f} | MFU {100 * mfu:5.1f}% "
+                f"| mem {mem:6.2f} GiB{extra}")
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
