@@ -76,6 +76,12 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from .train.launch import launch
+
+    return launch(args.nproc, rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llada-ds", description="Train LLaDA-style masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,11 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("dir")
     shards.add_argument("--quick", action="store_true", help="check sizes and headers only, not checksums")
     shards.set_defaults(func=_cmd_shards)
+
+    train = sub.add_parser("train", help="train on this machine with N processes (torchrun); other arguments "
+                                         "go to python -m llada_ds.train (--recipe, --run-dir, --resume, --a.b=c)")
+    train.add_argument("--nproc", type=int, default=None, help="processes (default: GPUs, or 1 on CPU)")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv[:1] == ["train"]:
+        args, rest = parser.parse_known_args(argv)
+        if args.nproc is None:
+            import torch
+
+            args.nproc = torch.cuda.device_count() or 1
+        return _cmd_train(args, rest)
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, ValueError, RuntimeError) as exc:

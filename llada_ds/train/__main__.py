@@ -30,6 +30,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None,
                         help="checkpoints, logs and metrics (default runs/RECIPE)")
     parser.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint dir")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="save and exit after this many steps in this process (e.g. a job time limit); "
+                             "the run's numbers do not depend on it")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_known_args(argv)
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = init_distributed()
     try:
         trainer = Trainer(cfg, ds_config, run_dir, args.resume, dist)
-        return trainer.run()
+        return trainer.run(args.stop_after)
     except (ConfigError, ShardError, CheckpointError, TrainingError, ValueError) as exc:
         print(f"llada-ds train (rank {dist.rank}): error: {exc}", file=sys.stderr)
         return 1

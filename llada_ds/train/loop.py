@@ -256,12 +256,16 @@ class Trainer:
         self.monitor.print(f"recovery {self.recoveries}: reloaded {ckpt.name}, learning rate scale now "
                            f"{self.lr_scale:g}, continuing from step {self.step}")
 
-    def run(self) -> int:
+    def run(self, stop_after: Optional[int] = None) -> int:
+        """Train to train.steps (or stop_after steps in this process), checkpointing on the way."""
         cfg = self.cfg
         self._install_signal_handlers()
+        stop_at = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
+        if self.step == 0 and cfg.eval.every:
+            self._log_eval()  # the starting point of the validation curve
         bad_in_a_row = 0
         window = self._new_window()
-        while self.step < cfg.train.steps:
+        while self.step < stop_at:
             step = self.step
             r = self.train_step(step)
             if r["reason"]:
@@ -307,6 +311,11 @@ class Trainer:
                 return 0
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                 self.save()
+        if self.step < cfg.train.steps:
+            path = self.save()
+            self.monitor.print(f"stopped after {self.step} steps as asked: saved {path.name}; resume with --resume auto")
+            self.monitor.close()
+            return 0
         self._log_eval()
         path = self.save()
         self.monitor.print(f"done: {self.step} steps, {self.tokens_seen:,} tokens; final checkpoint {path}")

@@ -1,0 +1,242 @@
+"""Training with DeepSpeed ZeRO-3 on 2 gloo ranks: equivalence, resume, signals, crashes, recovery.
+
+Every run is a real `torchrun -m llada_ds.train` with ZeRO-3 (ds_configs/cpu.json) on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llada_ds.config import load_run_config
+from llada_ds.data.build import BuildConfig, build_shards
+from llada_ds.data.loader import DistributedBatches, WindowDataset
+from llada_ds.data.shards import ShardSet
+from llada_ds.data.storage import LocalStorage
+from llada_ds.data.tokenizer import Tokenizer
+from llada_ds.diffusion import NoiseConfig, diffusion_loss, pretrain_batch
+from llada_ds.model import LLaDAModel
+from llada_ds.train.checkpoint import LATEST, RUN_STATE
+from llada_ds.train.engine import param_groups
+from llada_ds.train.schedule import learning_rate
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def recipe(shakespeare_texts, sp_tokenizer, tmp_path_factory):
+    """A small model on shards of part of the corpus; fp32; accumulation 2 on 2 ranks; clipping."""
+    root = tmp_path_factory.mktemp("train")
+    build_shards(BuildConfig(inputs=[str(p) for p in shakespeare_texts[:6]], out_dir=str(root / "shards"),
+                             tokenizer=str(sp_tokenizer), val_fraction=0.2, split_seed=1, shard_tokens=50_000),
+                 progress_bar=False)
+    body = {
+        "model": {"preset": "tiny", "overrides": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                                                  "ffn_hidden_size": 128, "max_seq_len": 64}},
+        "data": {"train": str(root / "shards" / "train"), "validation": str(root / "shards" / "validation"),
+                 "tokenizer": str(sp_tokenizer), "seq_len": 64},
+        # A 5% random-length cut so that a cut step is likely among the 12.
+        "objective": {"random_length_prob": 0.05},
+        "optim": {"lr": 3e-3, "grad_clip": 0.5},
+        "schedule": {"kind": "wsd", "warmup_steps": 3, "decay_steps": 4, "final_lr": 3e-4},
+        "train": {"steps": STEPS, "global_batch": 8, "micro_batch": 2, "precision": "fp32"},
+        "eval": {"every": 6, "samples": 8},
+        "checkpoint": {"every": 4, "keep_last": 2},
+        "recovery": {"spike_factor": 0},
+        "log": {"every": 4},
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def torchrun(recipe: Path, run_dir: Path, *extra: str, nproc: int = 2, wait: bool = True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "llada_ds.train", "--recipe", str(recipe), "--run-dir", str(run_dir),
+           "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json"), *extra]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """The last recorded training loss of each step (a step re-run after recovery overwrites)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def reference_losses(recipe: Path, steps: int) -> list[float]:
+    """The same training written as a plain single-process PyTorch loop, no DeepSpeed."""
+    cfg = load_run_config(str(recipe))
+    tok = Tokenizer.load(cfg.data.tokenizer)
+    torch.manual_seed(cfg.train.seed)
+    model = LLaDAModel(cfg.model.build())
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                            betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    batches = DistributedBatches(WindowDataset(ShardSet(LocalStorage(cfg.data.train)), cfg.data.seq_len,
+                                               cfg.data.seed), cfg.train.global_batch, cfg.train.micro_batch)
+    noise = NoiseConfig(cfg.objective.noise_seed, cfg.objective.eps, cfg.objective.random_length_prob)
+    n_micro = cfg.train.global_batch // cfg.train.micro_batch
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, cfg.train.steps, cfg.optim.lr, cfg.schedule)
+        opt.zero_grad()
+        total = 0.0
+        for mb in batches.step(step):
+            batch = pretrain_batch(mb.tokens, mb.sample_indices, step, tok.special.mask, noise)
+            out = diffusion_loss(model(batch.noisy, logits_mask=batch.masked), batch)
+            (out.loss / n_micro).backward()
+            total += out.loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        losses.append(total / n_micro)
+    return losses
+
+
+@pytest.mark.timeout(400)
+def test_two_rank_zero3_matches_a_plain_single_process_loop(recipe, tmp_path):
+    res = torchrun(recipe, tmp_path / "run")
+    got = step_losses(tmp_path / "run")
+    ref = reference_losses(recipe, STEPS)
+    assert sorted(got) == list(range(STEPS))
+    for step in range(STEPS):
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (step, got[step], ref[step])
+    assert ref[-1] < ref[0]
+    # The run logged what the conventions ask for.
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    for key in ("step", "loss", "lr", "tokens_seen", "samples_seen", "grad_norm", "tokens_per_s"):
+        assert key in train_records[0]
+    assert train_records[-1]["samples_seen"] == STEPS * 8
+    assert any("val_loss" in r for r in records)
+    assert "MFU" in res.stdout and "validation loss" in res.stdout
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.timeout(600)
+def test_stop_and_resume_reproduce_the_uninterrupted_losses_bitwise(recipe, tmp_path):
+    torchrun(recipe, tmp_path / "whole")
+    torchrun(recipe, tmp_path / "parts", "--stop-after", "5")
+    assert (tmp_path / "parts" / "checkpoints" / LATEST).read_text() == "step-00000005"
+    torchrun(recipe, tmp_path / "parts", "--resume", "auto")
+    whole, parts = step_losses(tmp_path / "whole"), step_losses(tmp_path / "parts")
+    assert parts == whole  # every step, exactly (floats compared bit for bit via their JSON repr)
+    # Only the last keep_last=2 complete checkpoints remain.
+    kept = sorted(p.name for p in (tmp_path / "parts" / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000008", "step-00000012"]
+
+
+def _wait_for(predicate, timeout: float, proc) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_leaves_a_resumable_checkpoint(recipe, tmp_path):
+    run = tmp_path / "run"
+    proc = torchrun(recipe, run, "--train.steps=400", "--checkpoint.every=0", "--eval.every=0", wait=False)
+    try:
+        metrics = run / "metrics.jsonl"
+        _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, 120, proc)
+        os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler does: every process of the job
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "stop requested by a signal" in out, out[-3000:]
+    tag = (run / "checkpoints" / LATEST).read_text()
+    state = json.loads((run / "checkpoints" / tag / RUN_STATE).read_text())
+    assert 3 <= state["step"] < 400
+    torchrun(recipe, run, "--train.steps=400", "--checkpoint.every=0", "--eval.every=0", "--stop-after", "2")
+    assert max(step_losses(run)) == state["step"] + 1
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_usable(recipe, tmp_path):
+    run = tmp_path / "run"
+    proc = torchrun(recipe, run, "--recovery.save_delay_seconds=30", "--eval.every=0", wait=False)
+    try:
+        # The step-4 save completes after its delay; kill while step 8 is being saved.
+        _wait_for(lambda: (run / "checkpoints" / "step-00000008").is_dir(), 240, proc)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (run / "checkpoints" / LATEST).read_text() == "step-00000004"
+    assert not (run / "checkpoints" / "step-00000008" / RUN_STATE).exists()
+    torchrun(recipe, run, "--eval.every=0")
+    whole = tmp_path / "whole"
+    torchrun(recipe, whole, "--eval.every=0")
+    assert step_losses(run) == step_losses(whole)
+
+
+@pytest.mark.timeout(600)
+def test_non_finite_losses_skip_updates_then_recover_from_the_last_checkpoint(recipe, tmp_path):
+    run = tmp_path / "run"
+    res = torchrun(recipe, run, "--recovery.inject_nonfinite_steps=[5, 6, 7]", "--recovery.max_bad_steps=3",
+                   "--eval.every=0")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["step"] for r in lines if r.get("skipped")]
+    assert skipped == [5, 6, 7]
+    assert "recovery 1: reloaded step-00000004" in res.stdout
+    # After the reload, step 4 sees the same weights, data and noise as the first time...
+    firsts = {}
+    for r in lines:
+        firsts.setdefault(r["step"], []).append(r)
+    assert [r["loss"] for r in firsts[4]][0] == [r["loss"] for r in firsts[4]][1]
+    # ...but trains at half the learning rate from then on, to the end.
+    assert firsts[4][1]["lr_scale"] == 0.5 and firsts[4][1]["lr"] == pytest.approx(firsts[4][0]["lr"] * 0.5)
+    assert max(firsts) == STEPS - 1
+    state = json.loads((run / "checkpoints" / (run / "checkpoints" / LATEST).read_text() / RUN_STATE).read_text())
+    assert state["recoveries"] == 1 and state["lr_scale"] == 0.5
+
+
+@pytest.mark.timeout(300)
+def test_a_skipped_step_changes_neither_weights_nor_optimizer_state(recipe, tmp_path):
+    script = REPO / "tests" / "scripts" / "skip_check.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    res = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=250)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result == {"skipped_reason": "non-finite loss", "weights_unchanged": True, "adam_state_unchanged": True,
+                      "next_step_applied": True, "weights_changed_after_good_step": True}
+
+
+@pytest.mark.timeout(300)
+def test_checkpoint_of_another_model_or_tokenizer_is_refused(recipe, tmp_path):
+    run = tmp_path / "run"
+    torchrun(recipe, run, "--stop-after", "1", "--eval.every=0", nproc=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "llada_ds.train", "--recipe", str(recipe), "--run-dir", str(run),
+           "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json"), "--model.n_layers=3"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
+    assert res.returncode != 0
+    assert "holds another model shape: n_layers: checkpoint 2, this run 3" in res.stderr
