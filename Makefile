@@ -1,5 +1,7 @@
 # The two commands of the README. Each creates the virtual environment .venv on first use:
 # torch first, under the CPU constraints (an unpinned torch would pull a multi-GB CUDA build).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +10,7 @@ CONSTRAINTS := requirements/cpu.txt
 CORPUS := data/shakespeare
 DEMO := runs/demo
 
-.PHONY: demo test clean
+.PHONY: demo demo-clean test clean
 
 $(VENV)/.installed: setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +22,21 @@ $(VENV)/.installed: setup.py $(CONSTRAINTS)
 $(CORPUS)/LICENSE.md: $(VENV)/.installed
 	$(BIN)/llada-ds corpus shakespeare --out $(CORPUS) --cache .cache
 
-# The embedded default: tokenizer and shards from the bundled corpus, the tiny model's size, and
-# (until the training loop lands) overfitting one batch.
+# The embedded default: tokenizer and shards from the bundled corpus, then the tiny model trained
+# with DeepSpeed ZeRO-3 on 2 CPU ranks (recipe llada_ds/recipes/tiny.yaml; about 4 minutes).
+# Rerunning resumes the run from its last checkpoint (make demo-clean starts over).
 demo: $(CORPUS)/LICENSE.md
 	$(BIN)/llada-ds tokenizer train --input $(CORPUS)/texts --out $(DEMO)/tokenizer --vocab-size 4096
 	$(BIN)/llada-ds tokenize --input $(CORPUS)/texts --tokenizer $(DEMO)/tokenizer --out $(DEMO)/shards \
 		--val-fraction 0.05 --shard-tokens 1000000 --quiet
 	$(BIN)/llada-ds shards $(DEMO)/shards/train
 	DS_ACCELERATOR=cpu $(BIN)/llada-ds info --preset tiny --gpus 2
-	$(BIN)/llada-ds overfit --preset tiny
+	$(BIN)/llada-ds train --nproc 2 --recipe tiny --run-dir $(DEMO)/train --deepspeed_config ds_configs/cpu.json
+	@grep 'validation loss' $(DEMO)/train/train.log | sed -n '1p;$$p' | \
+		awk '{v[NR]=$$NF} END {printf "validation loss %s -> %s\n", v[1], v[NR]}'
+
+demo-clean:
+	rm -rf $(DEMO)
 
 test: $(CORPUS)/LICENSE.md
 	$(BIN)/python -m pytest

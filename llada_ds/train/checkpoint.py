@@ -69,6 +69,8 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, run_state: dict, dist: D
                     delay_seconds: float = 0.0) -> Path:
     tag = tag_for(step)
     path = ckpt_root / tag
+    if (path / RUN_STATE).is_file():
+        return path  # this step is saved already (complete checkpoints are never overwritten)
     if dist.is_main and path.exists():
         shutil.rmtree(path)  # a partial directory from a crashed save of the same step
     barrier()

@@ -26,7 +26,14 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
+    import logging
+
     import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    # DeepSpeed logs a few dozen INFO lines per rank at start-up; keep its warnings and errors.
+    if not os.environ.get("LLADA_DS_VERBOSE"):
+        ds_logger.setLevel(logging.WARNING)
 
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))

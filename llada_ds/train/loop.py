@@ -259,6 +259,10 @@ class Trainer:
     def run(self, stop_after: Optional[int] = None) -> int:
         """Train to train.steps (or stop_after steps in this process), checkpointing on the way."""
         cfg = self.cfg
+        if self.step >= cfg.train.steps:
+            self.monitor.print(f"nothing to do: the run already completed its {cfg.train.steps} steps")
+            self.monitor.close()
+            return 0
         self._install_signal_handlers()
         stop_at = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
         if self.step == 0 and cfg.eval.every:
@@ -284,7 +288,7 @@ class Trainer:
                 window["acc"][0] += r["correct"]
                 window["acc"][1] += r["masked"]
             elapsed = time.perf_counter() - window["start"]
-            record = {"step": step, "loss": r["loss"], "lr": r["lr"], "tokens_seen": self.tokens_seen,
+            record = {"step": step, "time": time.time(), "loss": r["loss"], "lr": r["lr"], "tokens_seen": self.tokens_seen,
                       "samples_seen": self.step * cfg.train.global_batch, "grad_norm": r["grad_norm"],
                       "tokens_per_s": window["tokens"] / max(elapsed, 1e-9), "masked_acc": r["correct"] / max(r["masked"], 1),
                       "skipped": bool(r["reason"]), "lr_scale": self.lr_scale}

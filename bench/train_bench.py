@@ -1,0 +1,125 @@
+"""Training throughput: llada-ds under DeepSpeed ZeRO-3 on 2 CPU ranks vs a plain PyTorch loop.
+
+Same ~30M-parameter model, data, noise and batch (global 16 x 256 tokens, micro batch 4), in one
+run: the plain single-process loop uses 2 threads; llada-ds uses 2 gloo ranks of 1 thread each
+(`llada-ds train --nproc 2`). Prints tokens/s, TFLOP/s and MFU against this machine's measured
+fp32 matmul rate (2 threads), and the ratio llada-ds / plain.
+
+Usage: python bench/train_bench.py [--steps 12] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from llada_ds.config import load_run_config  # noqa: E402
+from llada_ds.data.build import BuildConfig, build_shards, resolve_inputs  # noqa: E402
+from llada_ds.data.corpus import fetch_shakespeare  # noqa: E402
+from llada_ds.data.loader import DistributedBatches, WindowDataset  # noqa: E402
+from llada_ds.data.shards import ShardSet  # noqa: E402
+from llada_ds.data.storage import LocalStorage  # noqa: E402
+from llada_ds.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from llada_ds.diffusion import NoiseConfig, diffusion_loss, pretrain_batch  # noqa: E402
+from llada_ds.model import LLaDAModel  # noqa: E402
+from llada_ds.model.sizing import count, train_flops_per_token  # noqa: E402
+from llada_ds.train.engine import param_groups  # noqa: E402
+from llada_ds.train.monitor import measure_matmul_tflops  # noqa: E402
+from llada_ds.train.schedule import learning_rate  # noqa: E402
+
+MODEL = {"d_model": 512, "n_layers": 8, "n_heads": 8, "n_kv_heads": 8, "ffn_hidden_size": 1408, "max_seq_len": 256}
+
+
+def plain_loop(recipe: Path, steps: int, warmup: int) -> float:
+    """Tokens/s of the same training as a plain single-process PyTorch loop."""
+    cfg = load_run_config(str(recipe))
+    tok = Tokenizer.load(cfg.data.tokenizer)
+    torch.manual_seed(0)
+    model = LLaDAModel(cfg.model.build())
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    batches = DistributedBatches(WindowDataset(ShardSet(LocalStorage(cfg.data.train)), cfg.data.seq_len, 0),
+                                 cfg.train.global_batch, cfg.train.micro_batch)
+    noise = NoiseConfig(random_length_prob=0.0)
+    n_micro = cfg.train.global_batch // cfg.train.micro_batch
+    tokens, start = 0, None
+    for step in range(steps):
+        if step == warmup:
+            tokens, start = 0, time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(step, cfg.train.steps, cfg.optim.lr, cfg.schedule)
+        opt.zero_grad()
+        for mb in batches.step(step):
+            batch = pretrain_batch(mb.tokens, mb.sample_indices, step, tok.special.mask, noise)
+            (diffusion_loss(model(batch.noisy, logits_mask=batch.masked), batch).loss / n_micro).backward()
+            tokens += batch.target.numel()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+    return tokens / (time.perf_counter() - start)
+
+
+def llada_ds_run(recipe: Path, run_dir: Path, steps: int, warmup: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "llada_ds.cli", "train", "--nproc", "2", "--recipe", str(recipe),
+           "--run-dir", str(run_dir), "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json"),
+           "--resume", "never"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "loss" in r]
+    # Throughput between the end of the warm-up steps and the last step (wall clock of rank 0).
+    first, last = records[warmup - 1], records[-1]
+    tokens = sum(16 * 256 for r in records[warmup:])
+    return tokens / (last["time"] - first["time"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    files = resolve_inputs([str(f) for f in fetch_shakespeare(REPO / "data" / "shakespeare", REPO / ".cache")])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        train_tokenizer((Path(f).read_text() for f in files), tmp / "tok", vocab_size=4096)
+        build_shards(BuildConfig(inputs=files, out_dir=str(tmp / "shards"), tokenizer=str(tmp / "tok"),
+                                 val_fraction=0.05), progress_bar=False)
+        body = {
+            "model": {"preset": "tiny", "overrides": MODEL},
+            "data": {"train": str(tmp / "shards" / "train"), "tokenizer": str(tmp / "tok"), "seq_len": 256},
+            "objective": {"random_length_prob": 0.0},
+            "schedule": {"kind": "constant", "warmup_steps": 2},
+            "optim": {"lr": 1e-3},
+            "train": {"steps": args.steps, "global_batch": 16, "micro_batch": 4, "precision": "fp32"},
+            "eval": {"every": 0}, "checkpoint": {"every": 0}, "log": {"every": 100},
+        }
+        recipe = tmp / "bench.yaml"
+        recipe.write_text(yaml.safe_dump(body))
+        cfg = load_run_config(str(recipe))
+        model_cfg = cfg.model.build()
+        params = count(model_cfg)
+        fpt = train_flops_per_token(model_cfg, 256, params)
+        peak = measure_matmul_tflops(torch.device("cpu"), torch.float32, n=2048, repeats=4)
+        plain = plain_loop(recipe, args.steps, args.warmup)
+        ours = llada_ds_run(recipe, tmp / "run", args.steps, args.warmup)
+    print(f"model: {params.total:,} parameters; {fpt / 1e6:.1f} MFLOP per token (6N + attention, bidirectional)")
+    print(f"machine: {os.cpu_count()} CPUs, measured fp32 matmul {peak:.3f} TFLOP/s with 2 threads")
+    for name, tps in (("plain PyTorch, 1 process x 2 threads", plain), ("llada-ds ZeRO-3, 2 ranks x 1 thread", ours)):
+        tflops = tps * fpt / 1e12
+        print(f"  {name:<40} {tps:9.0f} tok/s  {tflops:6.3f} TFLOP/s  MFU {100 * tflops / peak:5.1f}%")
+    print(f"  ratio llada-ds / plain: {ours / plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()
