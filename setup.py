@@ -13,7 +13,9 @@ setup(
     # on GPU machines the user's CUDA build is kept. 2.5 is the first with SDPA's enable_gqa.
     install_requires=[
         "torch>=2.5",
-        "deepspeed>=0.16",
+        # 0.19.8 is the first we verified to discard a step whose gradient norm is non-finite in
+        # bf16/fp32 ZeRO-3 (our skip mechanism relies on it).
+        "deepspeed>=0.19.8",
         "numpy",
         "pyyaml",
         "tqdm",

@@ -10,6 +10,7 @@ the DeepSpeed JSON in ds_configs/ owns only the sharding strategy and leaves tho
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class CheckpointSection:
 class RecoverySection:
     max_bad_steps: int = 3  # consecutive skipped steps before reloading the last checkpoint
     lr_factor: float = 0.5  # learning-rate multiplier applied at each reload
+    max_recoveries: int = 5  # reloads before the run gives up (the fault is not transient)
     spike_factor: float = 10.0  # a loss above this x its running mean is a bad step; 0 disables
     spike_warmup_steps: int = 20  # good steps before spike detection starts
     # Fault injection for tests: these steps get a non-finite loss (once per process).
@@ -152,6 +154,11 @@ class RunConfig:
             (self.recovery.max_bad_steps >= 1, "recovery.max_bad_steps", self.recovery.max_bad_steps, "must be >= 1"),
             (0 < self.recovery.lr_factor <= 1, "recovery.lr_factor", self.recovery.lr_factor, "must be in (0, 1]"),
             (self.log.every > 0, "log.every", self.log.every, "must be positive"),
+            (self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0 (0 disables)"),
+            (self.checkpoint.every >= 0, "checkpoint.every", self.checkpoint.every, "must be >= 0 (0: on exit only)"),
+            (self.recovery.max_recoveries >= 0, "recovery.max_recoveries", self.recovery.max_recoveries, "must be >= 0"),
+            (all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.recovery.inject_nonfinite_steps),
+             "recovery.inject_nonfinite_steps", self.recovery.inject_nonfinite_steps, "must be step numbers"),
         ]
         for ok, key, value, why in checks:
             if not ok:
@@ -180,13 +187,23 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 raise ValueError(value)
             return bool(value)
         if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, bool):
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) else int(value)
+            if isinstance(value, str):
+                value = value.strip()
+                try:
+                    return int(value)
+                except ValueError:
+                    value = float(value)  # "1e6" is a fine integer; "3.5" or "inf" is not
+            if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+                raise ValueError(value)
+            return int(value)
         if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         if hint is str:
-            return str(value)
+            return "" if value is None else str(value)
         if hint in (list, dict) or origin in (list, dict):
             parsed = yaml.safe_load(value) if isinstance(value, str) else value
             if not isinstance(parsed, list if (hint is list or origin is list) else dict):
@@ -208,6 +225,8 @@ def _apply(section: Any, values: dict, prefix: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{name} must be a mapping, got {value!r}")
             _apply(current, value, name + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            current.update(value)  # --model.overrides.n_heads=4 adds to the recipe's overrides
         else:
             setattr(section, key, _coerce(value, hints[key], name))
 
@@ -244,6 +263,10 @@ def parse_overrides(args: list[str]) -> dict:
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override --{key} conflicts with an earlier override of --{part}")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"override --{key} conflicts with an earlier override below it")
         node[parts[-1]] = value
         i += 1
     return out

@@ -135,8 +135,9 @@ def test_two_rank_zero3_matches_a_plain_single_process_loop(recipe, tmp_path):
 @pytest.mark.timeout(600)
 def test_stop_and_resume_reproduce_the_uninterrupted_losses_bitwise(recipe, tmp_path):
     torchrun(recipe, tmp_path / "whole")
-    torchrun(recipe, tmp_path / "parts", "--stop-after", "5")
-    assert (tmp_path / "parts" / "checkpoints" / LATEST).read_text() == "step-00000005"
+    # Stopping on a checkpoint step (4, checkpoint.every=4) saves once and resumes from it.
+    torchrun(recipe, tmp_path / "parts", "--stop-after", "4")
+    assert (tmp_path / "parts" / "checkpoints" / LATEST).read_text() == "step-00000004"
     torchrun(recipe, tmp_path / "parts", "--resume", "auto")
     whole, parts = step_losses(tmp_path / "whole"), step_losses(tmp_path / "parts")
     assert parts == whole  # every step, exactly (floats compared bit for bit via their JSON repr)
@@ -227,7 +228,8 @@ def test_a_skipped_step_changes_neither_weights_nor_optimizer_state(recipe, tmp_
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result == {"skipped_reason": "non-finite loss", "weights_unchanged": True, "adam_state_unchanged": True,
-                      "next_step_applied": True, "weights_changed_after_good_step": True}
+                      "next_step_applied": True, "weights_changed_after_good_step": True,
+                      "spike_reason": "loss spike", "spike_left_state_untouched": True}
 
 
 @pytest.mark.timeout(300)
@@ -240,3 +242,30 @@ def test_checkpoint_of_another_model_or_tokenizer_is_refused(recipe, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
     assert res.returncode != 0
     assert "holds another model shape: n_layers: checkpoint 2, this run 3" in res.stderr
+
+
+@pytest.mark.timeout(400)
+def test_init_from_a_given_checkpoint_loads_exactly_its_weights(recipe, tmp_path):
+    src = tmp_path / "src"
+    torchrun(recipe, src, "--stop-after", "8", "--eval.every=0", "--checkpoint.keep_last=3")
+    assert (src / "checkpoints" / LATEST).read_text() == "step-00000008"
+    script = REPO / "tests" / "scripts" / "init_from_check.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(recipe), str(src / "checkpoints" / "step-00000004"), str(tmp_path / "new")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads([line for line in res.stdout.splitlines() if line.startswith("{")][-1])
+    assert result == {"matches_requested": True, "matches_latest": False, "step": 0}
+
+
+@pytest.mark.timeout(300)
+def test_resuming_on_another_world_size_is_refused_with_the_way_out(recipe, tmp_path):
+    run = tmp_path / "run"
+    torchrun(recipe, run, "--stop-after", "1", "--eval.every=0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "llada_ds.train", "--recipe", str(recipe), "--run-dir", str(run),
+           "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
+    assert res.returncode != 0
+    assert "written by 2 ranks and this job has 1" in res.stderr and "universal" in res.stderr

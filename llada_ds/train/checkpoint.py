@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..data.storage import LocalStorage
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, all_reduce_sum, barrier
 
 LATEST = "latest"
 RUN_STATE = "run_state.json"
@@ -69,7 +69,9 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, run_state: dict, dist: D
                     delay_seconds: float = 0.0) -> Path:
     tag = tag_for(step)
     path = ckpt_root / tag
-    if (path / RUN_STATE).is_file():
+    # Rank 0 decides for everyone (another node may see the shared file system late).
+    complete = all_reduce_sum([1.0 if dist.is_main and (path / RUN_STATE).is_file() else 0.0], dist.device)[0]
+    if complete:
         return path  # this step is saved already (complete checkpoints are never overwritten)
     if dist.is_main and path.exists():
         shutil.rmtree(path)  # a partial directory from a crashed save of the same step
@@ -91,18 +93,48 @@ def _prune(ckpt_root: Path, keep_last: int, keep: str) -> None:
     complete = sorted(p for p in ckpt_root.glob("step-*") if (p / RUN_STATE).is_file())
     for old in complete[:-keep_last]:
         if old.name != keep:
+            # run_state.json goes first: a deletion cut short never leaves a "complete" husk.
+            (old / RUN_STATE).unlink()
             shutil.rmtree(old, ignore_errors=True)
     for partial in ckpt_root.glob("step-*"):  # left by crashed saves
         if not (partial / RUN_STATE).is_file() and partial.name != keep:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def load_checkpoint(engine, ckpt_dir: Path, module_only: bool = False) -> dict:
+def newer_checkpoints(ckpt_root: Path, step: int) -> list[str]:
+    return sorted(p.name for p in ckpt_root.glob("step-*") if (p / RUN_STATE).is_file()
+                  and read_run_state(p)["step"] > step)
+
+
+def load_checkpoint(engine, ckpt_dir: Path) -> dict:
+    """Everything: weights, optimizer state (same world size), and our run state."""
     path, client = engine.load_checkpoint(
-        str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=not module_only,
-        load_lr_scheduler_states=False, load_module_only=module_only,
+        str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=True, load_lr_scheduler_states=False,
     )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {ckpt_dir}")
     state: Any = (client or {}).get("llada_ds")
     return state if state is not None else read_run_state(ckpt_dir)
+
+
+def load_weights(engine, ckpt_dir: Path, dist: DistInfo) -> None:
+    """Only the weights of a checkpoint (any world size), into a ZeRO-3 (or plain) engine.
+
+    Rank 0 consolidates the fp32 weights of exactly this tag with DeepSpeed's own tool and each
+    parameter is scattered from it in turn, so no other rank ever holds the whole model.
+    (DeepSpeed's load_module_only would consolidate whatever `latest` names, not this tag.)
+    """
+    import deepspeed
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state, missing = None, []
+    if dist.is_main:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+        missing = [n for n, _ in engine.module.named_parameters() if n not in state]
+    if all_reduce_sum([float(len(missing))], dist.device)[0]:
+        raise CheckpointError(f"{ckpt_dir}: tensors missing from the checkpoint: {', '.join(missing[:5]) or 'see rank 0'}")
+    for name, param in engine.module.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if dist.is_main:
+                param.data.copy_(state[name].to(param.dtype))
+    barrier()

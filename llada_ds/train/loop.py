@@ -35,7 +35,8 @@ from ..data.tokenizer import Tokenizer
 from ..diffusion import NoiseConfig, diffusion_loss, pretrain_batch
 from ..model.sizing import count, train_flops_per_token
 from .checkpoint import (
-    CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, read_run_state, save_checkpoint,
+    CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, load_weights, newer_checkpoints,
+    read_run_state, save_checkpoint,
 )
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .engine import build_engine, fill_ds_config, set_learning_rate
@@ -100,6 +101,7 @@ class Trainer:
         self.wandb_id: Optional[str] = None
         self._injected: set[int] = set()
         self._stop_signal: Optional[int] = None
+        self.monitor_note = ""
         self._resume(resume)
 
         if dist.is_main:
@@ -117,6 +119,7 @@ class Trainer:
             f"global batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
             f"(micro {cfg.train.micro_batch}, accumulation {self.batches.accumulation}), {cfg.train.precision}, "
             f"peak {peak:.2f} TFLOP/s per device ({peak_source}); starting at step {self.step}"
+            + (f"; {self.monitor_note}" if self.monitor_note else "")
         )
 
     # -- state ----------------------------------------------------------------------------------
@@ -153,24 +156,45 @@ class Trainer:
         if ckpt is not None:
             state = read_run_state(ckpt)
             check_compatible(state, self.model_cfg.to_dict(), self.tokenizer.fingerprint, ckpt)
+            if state.get("world_size", self.dist.world) != self.dist.world:
+                raise CheckpointError(
+                    f"{ckpt} was written by {state['world_size']} ranks and this job has {self.dist.world}: ZeRO-3 "
+                    "optimizer shards only load at the same world size; convert it to a universal checkpoint "
+                    "(DeepSpeed's ds_to_universal) to resume elsewhere, or use --train.init_from for the weights only"
+                )
+            if resume not in ("auto", "never") and ckpt.parent.resolve() == self.ckpt_root.resolve():
+                newer = newer_checkpoints(self.ckpt_root, state["step"])
+                if newer:
+                    raise CheckpointError(
+                        f"{self.ckpt_root} holds checkpoints newer than {ckpt.name} ({', '.join(newer)}); resuming "
+                        "from an older one here would mix two histories: use another --run-dir or remove them")
             load_checkpoint(self.engine, ckpt)
             self._restore(state)
         elif self.cfg.train.init_from:
-            load_checkpoint(self.engine, src, module_only=True)
+            load_weights(self.engine, src, self.dist)
+            self.monitor_note = f"weights initialised from {src}"
 
     # -- the step -------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
         def handler(signum, _frame):
             self._stop_signal = signum
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGUSR1: what SLURM sends ahead of the time limit with --signal=USR1@300, leaving time
+        # to save a large model before the SIGTERM / SIGKILL that follows.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, handler)
 
     def train_step(self, step: int) -> dict:
         cfg, dist = self.cfg, self.dist
         lr = learning_rate(step, cfg.train.steps, cfg.optim.lr, cfg.schedule) * self.lr_scale
         set_learning_rate(self.engine, lr)
-        micro_batches = self.batches.step(step)
+        error: Optional[str] = None
+        try:
+            micro_batches = self.batches.step(step)
+        except ShardError as exc:  # found on this rank only: tell every rank before anyone waits
+            error = str(exc)
+        if all_reduce_sum([1.0 if error else 0.0], dist.device)[0]:
+            raise ShardError(error or f"step {step}: another rank read corrupt data (see its log)")
         inject = step in cfg.recovery.inject_nonfinite_steps and step not in self._injected
         if inject:
             self._injected.add(step)
@@ -195,7 +219,10 @@ class Trainer:
                     loss = loss * float("nan")  # ZeRO-3 sees non-finite gradients and skips the update
             self.engine.backward(loss)
             self.engine.step()
-        applied = self.engine.was_step_applied() if reason is None else False
+        applied = self.engine.was_step_applied()
+        if reason is not None and applied:
+            raise TrainingError(f"step {step}: DeepSpeed applied an update with non-finite gradients; this "
+                                "DeepSpeed version does not discard such steps (use deepspeed>=0.19.8)")
         if reason is None and not applied:
             reason = "non-finite gradients"
         grad_norm = self.engine.get_global_grad_norm() if applied else float("nan")
@@ -246,6 +273,9 @@ class Trainer:
                                self.cfg.checkpoint.keep_last, self.cfg.recovery.save_delay_seconds)
 
     def _recover(self) -> None:
+        if self.recoveries >= self.cfg.recovery.max_recoveries:
+            raise TrainingError(f"{self.cfg.recovery.max_bad_steps} bad steps in a row again after "
+                                f"{self.recoveries} recoveries: giving up (recovery.max_recoveries)")
         ckpt = latest_checkpoint(self.ckpt_root)
         if ckpt is None:
             raise TrainingError(f"{self.cfg.recovery.max_bad_steps} bad steps in a row and no checkpoint to go back to")
@@ -313,7 +343,9 @@ class Trainer:
                 self.monitor.print(f"stop requested by a signal: saved {path.name} at step {self.step}; exiting")
                 self.monitor.close()
                 return 0
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
+            # No periodic save during a run of bad steps: recovery must go back to a good state.
+            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop_at
+                    and bad_in_a_row == 0):
                 self.save()
         if self.step < cfg.train.steps:
             path = self.save()
