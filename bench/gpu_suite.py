@@ -33,7 +33,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llada_ds.model import get_preset  # noqa: E402
 from llada_ds.model.attention import EagerAttention, FlashAttention, SdpaAttention, flash_attn_available  # noqa: E402
 
 

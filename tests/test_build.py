@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from llada_ds.data.build import PROGRESS, BuildConfig, BuildError, build_shards, read_documents

@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 
 from llada_ds.model.layers import RMSNorm

@@ -38,7 +38,7 @@ from .checkpoint import (
     CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, load_weights, newer_checkpoints,
     read_run_state, save_checkpoint,
 )
-from .distributed import DistInfo, all_reduce_sum, barrier
+from .distributed import DistInfo, all_reduce_sum
 from .engine import build_engine, fill_ds_config, set_learning_rate
 from .monitor import Monitor, memory_gib, peak_tflops
 from .schedule import learning_rate
