@@ -1,0 +1,164 @@
+"""The LLaDA reverse process (LLADA_SPEC.md, "Reverse process"), operation for operation.
+
+Canvas = prompt + gen_length mask tokens. The generation is split into blocks of block_length
+decoded left to right (semi-autoregressive), steps split evenly across blocks; the model always
+sees the whole canvas. In a block with m masked tokens and s steps, step i reveals m // s tokens,
+plus one for the first m % s steps. Each step: logits of the canvas (classifier-free guidance
+optional: uncond + (cfg + 1) (cond - uncond), the uncond pass with the prompt masked); candidates
+x0 = argmax of the logits (temperature 0) or of exp(logits) / (-log u)^T with u ~ U(0, 1) in
+float64 (temperature T); confidence = softmax probability of the chosen token ("low_confidence")
+or a uniform draw ("random"); positions after the current block never qualify; the k most
+confident still-masked positions are revealed. EOS controls: forbid EOS in the logits, or give
+end-of-turn zero confidence.
+
+Batches of prompts of different lengths are left-padded with a padding id that must differ from
+the mask id; padding is its own attention segment, so real tokens never see it (bidirectional).
+All draws come from one torch.Generator seeded by `seed`, in a fixed order, so a run is
+reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    gen_length: int = 128
+    steps: int = 128
+    block_length: Optional[int] = None  # None: one block of gen_length
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"  # low_confidence | random
+    forbid_eos: bool = False  # logits of EOS set to -inf
+    eot_zero_confidence: bool = False  # an end-of-turn candidate gets confidence 0
+    seed: int = 0
+
+    def blocks(self) -> tuple[int, int, int]:
+        """(block length, number of blocks, steps per block), after checking they divide."""
+        block = self.block_length or self.gen_length
+        if self.gen_length <= 0 or self.steps <= 0 or block <= 0:
+            raise ValueError(f"gen_length, steps and block_length must be positive: {self}")
+        if self.gen_length % block:
+            raise ValueError(f"gen_length={self.gen_length} is not a multiple of block_length={block}")
+        n_blocks = self.gen_length // block
+        if self.steps % n_blocks:
+            raise ValueError(f"steps={self.steps} is not a multiple of the number of blocks ({n_blocks})")
+        if self.remasking not in ("low_confidence", "random"):
+            raise ValueError(f"remasking={self.remasking!r} is not low_confidence or random")
+        return block, n_blocks, self.steps // n_blocks
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    mask: int
+    pad: int
+    eos: int
+    eot: int
+
+
+LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def logits_fn(model) -> LogitsFn:
+    """(tokens, valid mask or None) -> logits, for our model or any model returning `.logits`."""
+    from ..model.transformer import LLaDAModel
+
+    if isinstance(model, LLaDAModel):
+        def ours(x, valid):
+            # Padding is a run of its own: the document mask keeps real tokens from seeing it.
+            return model(x, doc_ids=None if valid is None else valid.long())
+        return ours
+
+    def hf(x, valid):
+        return model(x, attention_mask=None if valid is None else valid.long()).logits
+    return hf
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(batch, longest) tokens and the valid-token mask (None when no padding was needed)."""
+    longest = max(len(p) for p in prompts)
+    out = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            out[i, longest - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+    valid = torch.arange(longest)[None, :] >= torch.tensor([longest - len(p) for p in prompts])[:, None]
+    return out.to(device), (None if bool(valid.all()) else valid.to(device))
+
+
+def reveal_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """(batch, steps) tokens to reveal per step: m // s each, the first m % s steps one more."""
+    m = masked.sum(dim=1, keepdim=True)
+    counts = (m // steps).repeat(1, steps)
+    counts += torch.arange(steps, device=masked.device)[None, :] < (m % steps)
+    return counts
+
+
+def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """exp(logits) / (-log u)^T in float64 (the argmax of which samples at temperature T)."""
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return logits.exp() / (-torch.log(u)) ** temperature
+
+
+@torch.no_grad()
+def generate(model_or_fn, prompts: Sequence[Sequence[int]] | torch.Tensor, cfg: SamplerConfig,
+             tokens: SpecialTokens, on_step: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+    """Generated tokens, shape (batch, gen_length). on_step(step, canvas) watches the masks fill in."""
+    if tokens.pad == tokens.mask:
+        raise ValueError("the padding id must differ from the mask id")
+    block, n_blocks, steps_per_block = cfg.blocks()
+    fn = model_or_fn if not isinstance(model_or_fn, torch.nn.Module) else logits_fn(model_or_fn)
+    device = next(model_or_fn.parameters()).device if isinstance(model_or_fn, torch.nn.Module) else None
+    if torch.is_tensor(prompts):
+        prompts = prompts.tolist()
+    prompt, valid = left_pad(prompts, tokens.pad, device)
+    b, p_len = prompt.shape
+    x = torch.full((b, p_len + cfg.gen_length), tokens.mask, dtype=torch.long, device=prompt.device)
+    x[:, :p_len] = prompt
+    if valid is not None:
+        valid = torch.cat([valid, torch.ones(b, cfg.gen_length, dtype=torch.bool, device=x.device)], dim=1)
+    prompt_index = torch.zeros_like(x, dtype=torch.bool)
+    prompt_index[:, :p_len] = True
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    step = 0
+    for k in range(n_blocks):
+        start, end = p_len + k * block, p_len + (k + 1) * block
+        counts = reveal_counts(x[:, start:end] == tokens.mask, steps_per_block)
+        for i in range(steps_per_block):
+            masked = x == tokens.mask
+            if cfg.cfg_scale > 0:
+                uncond = x.clone()
+                uncond[prompt_index] = tokens.mask
+                both = fn(torch.cat([x, uncond]), None if valid is None else torch.cat([valid, valid]))
+                cond, unc = both.chunk(2)
+                logits = unc + (cfg.cfg_scale + 1) * (cond - unc)
+            else:
+                logits = fn(x, valid)
+            if cfg.forbid_eos:
+                logits[:, :, tokens.eos] = -torch.inf
+            x0 = add_gumbel_noise(logits, cfg.temperature, gen).argmax(dim=-1)
+            if cfg.remasking == "low_confidence":
+                if cfg.eot_zero_confidence:
+                    logits[:, :, tokens.eot] = -torch.inf
+                p = F.softmax(logits, dim=-1)  # in the logits' dtype, as the published sampler
+                conf = torch.gather(p, -1, x0[..., None]).squeeze(-1)
+            else:
+                conf = torch.rand(x0.shape, device=x.device, generator=gen)
+            conf[:, end:] = -torch.inf
+            x0 = torch.where(masked, x0, x)
+            conf = torch.where(masked, conf, torch.tensor(-torch.inf, dtype=conf.dtype, device=x.device))
+            reveal = torch.zeros_like(masked)
+            for j in range(b):
+                reveal[j, torch.topk(conf[j], int(counts[j, i])).indices] = True
+            x[reveal] = x0[reveal]
+            step += 1
+            if on_step is not None:
+                on_step(step, x[:, p_len:])
+    return x[:, p_len:]
