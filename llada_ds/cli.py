@@ -76,6 +76,52 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.tokenizer import Tokenizer
+    from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
+    from .train.checkpoint import load_plain_model
+
+    model, state = load_plain_model(args.model)
+    tokenizer = Tokenizer.load(args.tokenizer or state["config"]["data"]["tokenizer"])
+    if tokenizer.fingerprint != state["tokenizer"]:
+        raise ValueError(f"tokenizer {tokenizer.path} ({tokenizer.fingerprint}) is not the one the model was "
+                         f"trained with ({state['tokenizer']}); pass --tokenizer")
+    sp = tokenizer.special
+    tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+    cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps or args.gen_length,
+                        block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
+                        remasking=args.remasking, forbid_eos=args.forbid_eos, seed=args.seed)
+    prompts = [tokenizer.encode(p) for p in args.prompt]
+
+    def render(ids) -> str:
+        # Masked positions as a shaded block each, the rest decoded.
+        out, run = [], []
+        for t in ids:
+            if t == sp.mask:
+                if run:
+                    out.append(tokenizer.decode(run))
+                    run = []
+                out.append("\u2592")
+            else:
+                run.append(t)
+        if run:
+            out.append(tokenizer.decode(run))
+        return "".join(out)
+
+    def show(step: int, canvas: torch.Tensor) -> None:
+        for i, row in enumerate(canvas.tolist()):
+            print(f"[step {step:3d}] {i}: {render(row)!r}", flush=True)
+
+    out = generate(model, prompts, cfg, tokens, on_step=show if args.show_steps else None)
+    for text, row in zip(args.prompt, out.tolist()):
+        if sp.eos in row:
+            row = row[: row.index(sp.eos)]
+        print(f"{text}{tokenizer.decode(row)}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .train.launch import launch
 
@@ -134,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("dir")
     shards.add_argument("--quick", action="store_true", help="check sizes and headers only, not checksums")
     shards.set_defaults(func=_cmd_shards)
+
+    gen = sub.add_parser("generate", help="sample from a trained model with the LLaDA reverse process")
+    gen.add_argument("--model", required=True, help="a run directory or a checkpoint directory")
+    gen.add_argument("--prompt", required=True, action="append", help="repeat for a batch")
+    gen.add_argument("--tokenizer", default=None, help="default: the one in the run's config")
+    gen.add_argument("--gen-length", type=int, default=64)
+    gen.add_argument("--steps", type=int, default=None, help="default: gen-length")
+    gen.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    gen.add_argument("--cfg-scale", type=float, default=0.0)
+    gen.add_argument("--forbid-eos", action="store_true")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
+    gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train on this machine with N processes (torchrun); other arguments "
                                          "go to python -m llada_ds.train (--recipe, --run-dir, --resume, --a.b=c)")

@@ -269,3 +269,21 @@ def test_resuming_on_another_world_size_is_refused_with_the_way_out(recipe, tmp_
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
     assert res.returncode != 0
     assert "written by 2 ranks and this job has 1" in res.stderr and "universal" in res.stderr
+
+
+@pytest.mark.timeout(300)
+def test_generate_from_a_trained_run_directory(recipe, tmp_path):
+    run = tmp_path / "run"
+    torchrun(recipe, run, "--stop-after", "2", "--eval.every=0")
+    from llada_ds.train.checkpoint import load_plain_model
+
+    model, state = load_plain_model(run)
+    assert state["step"] == 2 and model.config.n_layers == 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "llada_ds.cli", "generate", "--model", str(run), "--prompt", "ROMEO. ",
+           "--prompt", "To be, or not", "--gen-length", "8", "--block-length", "4", "--show-steps"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("[step ") == 2 * 8  # two prompts, eight steps
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("ROMEO. ") for line in lines) and any(line.startswith("To be, or not") for line in lines)

@@ -138,3 +138,30 @@ def load_weights(engine, ckpt_dir: Path, dist: DistInfo) -> None:
             if dist.is_main:
                 param.data.copy_(state[name].to(param.dtype))
     barrier()
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory, its checkpoints/ folder, or one checkpoint -> that checkpoint."""
+    for candidate in (path / "checkpoints", path):
+        found = latest_checkpoint(candidate) if (candidate / LATEST).is_file() else None
+        if found is not None:
+            return found
+    if (path / RUN_STATE).is_file():
+        return path
+    raise CheckpointError(f"{path}: no llada-ds checkpoint (expected a run directory or a step-* checkpoint)")
+
+
+def load_plain_model(path: Path):
+    """(plain LLaDAModel in fp32 with the checkpoint's weights, run state) from any world size."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from ..model import LLaDAModel, ModelConfig
+
+    ckpt = resolve_checkpoint(Path(path))
+    state = read_run_state(ckpt)
+    model = LLaDAModel(ModelConfig.from_dict(state["model"]))
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    return model.eval(), state
