@@ -168,3 +168,57 @@ def test_likelihood_variance_shrinks_with_mc_num(model):
         return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
 
     assert spread(64) < 0.5 * spread(8)
+
+
+# ---- fast sampler ---------------------------------------------------------------------------------
+
+from llada_ds.diffusion.fast_sampler import FastConfig, generate_fast  # noqa: E402
+from llada_ds.diffusion.sampler import left_pad  # noqa: E402
+from llada_ds.model.transformer import KVCache  # noqa: E402
+
+
+@pytest.mark.parametrize("cfg", [
+    SamplerConfig(gen_length=8, steps=8),
+    SamplerConfig(gen_length=12, steps=6, block_length=4),
+    SamplerConfig(gen_length=8, steps=4, cfg_scale=1.5),
+    SamplerConfig(gen_length=8, steps=8, forbid_eos=True, eot_zero_confidence=True),
+], ids=["plain", "blocks", "cfg", "eos-controls"])
+def test_fast_sampler_without_cache_or_threshold_is_the_exact_sampler(model, cfg):
+    exact = generate(model, PROMPTS, cfg, TOK)
+    fast, forwards = generate_fast(model, PROMPTS, cfg, TOK, FastConfig(cache="none"))
+    assert fast.tolist() == exact.tolist()
+    assert forwards == cfg.steps * (2 if cfg.cfg_scale else 1)
+
+
+def test_cached_keys_reproduce_the_full_forward_with_padding(model):
+    x, valid = left_pad([[5, 9, 13, 2, 7, 1, 1], [11, 3, 4]], TOK.pad)
+    x = torch.cat([x, torch.full((2, 6), TOK.mask)], dim=1)
+    valid = torch.cat([valid, torch.ones(2, 6, dtype=torch.bool)], dim=1)
+    collect = []
+    full = model(x, key_valid=valid, collect_kv=collect)
+    cache = KVCache([k for k, _ in collect], [v for _, v in collect], valid)
+    pos = torch.arange(x.shape[1])
+    for keep, q in ((pos[:8], pos[8:]), (torch.cat([pos[:8], pos[11:]]), pos[8:11])):
+        part = model(x[:, q], position_ids=q, past=cache.select(keep), key_valid=valid[:, q])
+        torch.testing.assert_close(part[valid[:, q]], full[:, q][valid[:, q]], rtol=1e-5, atol=1e-5)
+    # Real tokens ignore padding: the unpadded second row gives the same logits.
+    alone = model(torch.cat([torch.tensor([[11, 3, 4]]), torch.full((1, 6), TOK.mask)], dim=1))
+    torch.testing.assert_close(full[1, 4:], alone[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [FastConfig("prefix"), FastConfig("dual"), FastConfig("dual", threshold=0.5)],
+                         ids=["prefix", "dual", "dual+threshold"])
+def test_cached_sampling_of_a_padded_batch_equals_each_prompt_alone(model, fast):
+    cfg = SamplerConfig(gen_length=12, steps=12, block_length=4)
+    batch, _ = generate_fast(model, PROMPTS, cfg, TOK, fast)
+    for i, prompt in enumerate(PROMPTS):
+        alone, _ = generate_fast(model, [prompt], cfg, TOK, fast)
+        assert batch[i].tolist() == alone[0].tolist()
+
+
+def test_threshold_decoding_needs_fewer_forwards(model):
+    cfg = SamplerConfig(gen_length=16, steps=16, block_length=8)
+    _, exact_forwards = generate_fast(model, PROMPTS, cfg, TOK, FastConfig("none"))
+    out, fewer = generate_fast(model, PROMPTS, cfg, TOK, FastConfig("dual", threshold=0.3))
+    assert fewer < exact_forwards and out.shape == (3, 16)
+    assert not (out == TOK.mask).all(dim=1).any()

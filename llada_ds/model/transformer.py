@@ -50,11 +50,30 @@ class AttentionInputs:
     sin: torch.Tensor
     backend: Any
     prepared: Any  # the backend's mask / cu_seqlens, or None
+    # Inference with a key/value cache: per layer, keys/values of other positions (RoPE applied)
+    # that the new tokens also attend to; and a list that collects each layer's new keys/values.
+    past: Optional["KVCache"] = None
+    collect: Optional[list] = None
+
+
+@dataclass
+class KVCache:
+    """Keys and values of positions not recomputed, per layer: (batch, n, kv_heads, head_dim)."""
+
+    keys: list
+    values: list
+    valid: Optional[torch.Tensor] = None  # (batch, n) bool: False for padding
+
+    def select(self, index: torch.Tensor) -> "KVCache":
+        """The cache restricted to positions `index` (1-D) of its sequence axis."""
+        return KVCache([k[:, index] for k in self.keys], [v[:, index] for v in self.values],
+                       None if self.valid is None else self.valid[:, index])
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int = 0) -> None:
         super().__init__()
+        self.layer_id = layer_id
         std, out_std = init_stds(cfg)
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.q_proj = Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, std)
@@ -68,16 +87,21 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, s, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, attn.cos, attn.sin), apply_rope(k, attn.cos, attn.sin)
+        if attn.collect is not None:
+            attn.collect.append((k, v))
+        if attn.past is not None:
+            k = torch.cat([attn.past.keys[self.layer_id], k], dim=1)
+            v = torch.cat([attn.past.values[self.layer_id], v], dim=1)
         out = attn.backend(q, k, v, attn.prepared)
         return self.o_proj(out.reshape(b, s, self.n_heads * self.head_dim))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int = 0) -> None:
         super().__init__()
         std, out_std = init_stds(cfg)
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer_id)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden_size, std, out_std)
 
@@ -92,7 +116,7 @@ class LLaDAModel(nn.Module):
         self.config = cfg
         std, _ = init_stds(cfg)
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, EMBED_STD)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = Linear(cfg.d_model, cfg.vocab_size, std)
         # How each layer is called: set from outside (e.g. activation checkpointing by the
@@ -111,6 +135,9 @@ class LLaDAModel(nn.Module):
         doc_ids: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         logits_mask: Optional[torch.Tensor] = None,
+        past: Optional[KVCache] = None,
+        key_valid: Optional[torch.Tensor] = None,
+        collect_kv: Optional[list] = None,
     ) -> torch.Tensor:
         """Logits for every position, shape (batch, seq, vocab).
 
@@ -119,6 +146,10 @@ class LLaDAModel(nn.Module):
         logits_mask: optional (batch, seq) bool; then only those positions go through the output
             head and the result is (n_selected, vocab) in row-major order. The diffusion losses
             score masked positions only, so this skips the head for the rest.
+        Inference with a key/value cache (the fast sampler): `past` holds keys/values of other
+        positions that input_ids attend to as well (give position_ids for input_ids); key_valid
+        (batch, seq) marks input_ids' real tokens when there is padding; collect_kv, a list,
+        receives each layer's (keys, values) of input_ids. Not for training.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
@@ -131,8 +162,20 @@ class LLaDAModel(nn.Module):
         # the kernel choice must follow what q, k and v will be.
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else h.dtype
         backend = resolve_backend(self.config.attention, device, dtype)
-        prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device))
-        attn = AttentionInputs(cos, sin, backend, prepared)
+        if past is None and key_valid is None:
+            prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device))
+        else:
+            if doc_ids is not None or backend.name == "flash":
+                raise ValueError("a key/value cache works with the sdpa or eager backend and no doc_ids")
+            # Padding mask over the keys (cached ones first), the same for every query.
+            b = input_ids.shape[0]
+            new_valid = key_valid if key_valid is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            old_valid = None if past is None else past.valid
+            if old_valid is None and past is not None:
+                old_valid = torch.ones(b, past.keys[0].shape[1], dtype=torch.bool, device=device)
+            valid = new_valid if old_valid is None else torch.cat([old_valid, new_valid], dim=1)
+            prepared = None if bool(valid.all()) else valid[:, None, None, :]
+        attn = AttentionInputs(cos, sin, backend, prepared, past, collect_kv)
         for layer in self.layers:
             h = layer(h, attn) if self.layer_runner is None else self.layer_runner(layer, h, attn)
         h = self.norm(h)
