@@ -76,11 +76,11 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
+def _load_for_sampling(args: argparse.Namespace):
+    """(model, tokenizer, sampler config, special tokens, fast config or None) from the arguments."""
     from .data.tokenizer import Tokenizer
-    from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
+    from .diffusion.fast_sampler import FastConfig
+    from .diffusion.sampler import SamplerConfig, SpecialTokens
     from .train.checkpoint import load_plain_model
 
     model, state = load_plain_model(args.model)
@@ -92,34 +92,97 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
     cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps or args.gen_length,
                         block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
-                        remasking=args.remasking, forbid_eos=args.forbid_eos, seed=args.seed)
-    prompts = [tokenizer.encode(p) for p in args.prompt]
+                        remasking=args.remasking, forbid_eos=args.forbid_eos,
+                        eot_zero_confidence=args.eot_zero_confidence, seed=args.seed)
+    fast = FastConfig(args.cache, args.threshold) if args.fast else None
+    return model, tokenizer, cfg, tokens, fast
 
-    def render(ids) -> str:
-        # Masked positions as a shaded block each, the rest decoded.
-        out, run = [], []
-        for t in ids:
-            if t == sp.mask:
-                if run:
-                    out.append(tokenizer.decode(run))
-                    run = []
-                out.append("\u2592")
-            else:
-                run.append(t)
-        if run:
-            out.append(tokenizer.decode(run))
-        return "".join(out)
 
-    def show(step: int, canvas: torch.Tensor) -> None:
+def _sample(model, prompts, cfg, tokens, fast, on_step=None):
+    from .diffusion.fast_sampler import generate_fast
+    from .diffusion.sampler import generate
+
+    if fast is None:
+        return generate(model, prompts, cfg, tokens, on_step=on_step)
+    return generate_fast(model, prompts, cfg, tokens, fast, on_step=on_step)[0]
+
+
+def _render(tokenizer, ids) -> str:
+    """Decoded text with each still-masked position shown as a shaded block."""
+    out, run = [], []
+    for t in ids:
+        if t == tokenizer.special.mask:
+            if run:
+                out.append(tokenizer.decode(run))
+                run = []
+            out.append("\u2592")
+        else:
+            run.append(t)
+    if run:
+        out.append(tokenizer.decode(run))
+    return "".join(out)
+
+
+def _cut(row: list[int], stops: tuple[int, ...]) -> list[int]:
+    for i, t in enumerate(row):
+        if t in stops:
+            return row[:i]
+    return row
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    model, tokenizer, cfg, tokens, fast = _load_for_sampling(args)
+
+    def show(step, canvas):
         for i, row in enumerate(canvas.tolist()):
-            print(f"[step {step:3d}] {i}: {render(row)!r}", flush=True)
+            print(f"[step {step:3d}] {i}: {_render(tokenizer, row)!r}", flush=True)
 
-    out = generate(model, prompts, cfg, tokens, on_step=show if args.show_steps else None)
+    prompts = [tokenizer.encode(p) for p in args.prompt]
+    out = _sample(model, prompts, cfg, tokens, fast, show if args.show_steps else None)
     for text, row in zip(args.prompt, out.tolist()):
-        if sp.eos in row:
-            row = row[: row.index(sp.eos)]
-        print(f"{text}{tokenizer.decode(row)}")
+        print(f"{text}{tokenizer.decode(_cut(row, (tokens.eos,)))}")
     return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .data.chat import encode_chat
+
+    model, tokenizer, cfg, tokens, fast = _load_for_sampling(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("llada-ds chat: type a message, an empty line to quit", flush=True)
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if not text:
+            break
+        messages.append({"role": "user", "content": text})
+        ids = encode_chat(tokenizer, messages, add_generation_prompt=True)
+
+        def show(step, canvas):
+            print(f"[step {step:3d}] {_render(tokenizer, canvas[0].tolist())!r}", flush=True)
+
+        row = _sample(model, [ids], cfg, tokens, fast, show if args.show_steps else None)[0].tolist()
+        answer = tokenizer.decode(_cut(row, (tokens.eot, tokens.eos)))
+        messages.append({"role": "assistant", "content": answer})
+        print(f"assistant: {answer}", flush=True)
+    return 0
+
+
+def _add_sampler_args(p: argparse.ArgumentParser, gen_length: int) -> None:
+    p.add_argument("--model", required=True, help="a run directory or a checkpoint directory")
+    p.add_argument("--tokenizer", default=None, help="default: the one in the run's config")
+    p.add_argument("--gen-length", type=int, default=gen_length)
+    p.add_argument("--steps", type=int, default=None, help="default: gen-length")
+    p.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--forbid-eos", action="store_true", help="never generate EOS")
+    p.add_argument("--eot-zero-confidence", action="store_true", help="reveal end-of-turn last")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="the cached, approximate sampler")
+    p.add_argument("--cache", default="dual", choices=["none", "prefix", "dual"], help="with --fast")
+    p.add_argument("--threshold", type=float, default=None, help="with --fast: confidence-threshold decoding")
+    p.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
 
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
@@ -182,19 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     shards.set_defaults(func=_cmd_shards)
 
     gen = sub.add_parser("generate", help="sample from a trained model with the LLaDA reverse process")
-    gen.add_argument("--model", required=True, help="a run directory or a checkpoint directory")
     gen.add_argument("--prompt", required=True, action="append", help="repeat for a batch")
-    gen.add_argument("--tokenizer", default=None, help="default: the one in the run's config")
-    gen.add_argument("--gen-length", type=int, default=64)
-    gen.add_argument("--steps", type=int, default=None, help="default: gen-length")
-    gen.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    gen.add_argument("--cfg-scale", type=float, default=0.0)
-    gen.add_argument("--forbid-eos", action="store_true")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
+    _add_sampler_args(gen, 64)
     gen.set_defaults(func=_cmd_generate)
+
+    chat = sub.add_parser("chat", help="multi-turn chat (stdin) with the chat template of LLaDA's instruct model")
+    chat.add_argument("--system", default=None, help="an optional system message")
+    _add_sampler_args(chat, 128)
+    chat.set_defaults(func=_cmd_chat)
 
     train = sub.add_parser("train", help="train on this machine with N processes (torchrun); other arguments "
                                          "go to python -m llada_ds.train (--recipe, --run-dir, --resume, --a.b=c)")

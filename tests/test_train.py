@@ -287,3 +287,19 @@ def test_generate_from_a_trained_run_directory(recipe, tmp_path):
     assert res.stdout.count("[step ") == 2 * 8  # two prompts, eight steps
     lines = res.stdout.splitlines()
     assert any(line.startswith("ROMEO. ") for line in lines) and any(line.startswith("To be, or not") for line in lines)
+
+
+@pytest.mark.timeout(300)
+def test_chat_and_fast_generation_from_a_trained_run(recipe, tmp_path):
+    run = tmp_path / "run"
+    torchrun(recipe, run, "--stop-after", "1", "--eval.every=0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "llada_ds.cli", "chat", "--model", str(run), "--gen-length", "8",
+           "--block-length", "4", "--fast", "--threshold", "0.5"]
+    res = subprocess.run(cmd, input="Hello there\nAnd again\n\n", capture_output=True, text=True, env=env, timeout=200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("assistant: ") == 2
+    fast = subprocess.run([sys.executable, "-m", "llada_ds.cli", "generate", "--model", str(run), "--prompt", "ROMEO.",
+                           "--gen-length", "8", "--fast", "--cache", "prefix"],
+                          capture_output=True, text=True, env=env, timeout=200)
+    assert fast.returncode == 0 and fast.stdout.startswith("ROMEO."), fast.stderr[-2000:]

@@ -13,8 +13,10 @@ removed by the next successful save.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -160,7 +162,8 @@ def load_plain_model(path: Path):
     ckpt = resolve_checkpoint(Path(path))
     state = read_run_state(ckpt)
     model = LLaDAModel(ModelConfig.from_dict(state["model"]))
-    weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{ckpt}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
