@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "eval": ["lm-eval>=0.4.5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5"],
     },
     entry_points={"console_scripts": ["llada-ds=llada_ds.cli:main"]},
 )

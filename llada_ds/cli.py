@@ -185,6 +185,29 @@ def _add_sampler_args(p: argparse.ArgumentParser, gen_length: int) -> None:
     p.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data.tokenizer import Tokenizer
+    from .evaluation import multiple_choice, validation_elbo
+    from .train.checkpoint import load_plain_model
+
+    model, state = load_plain_model(args.model)
+    data = state["config"]["data"]
+    tokenizer = Tokenizer.load(args.tokenizer or data["tokenizer"])
+    shards = args.shards or data.get("validation")
+    if args.multiple_choice is None and not shards:
+        raise ValueError("nothing to evaluate: give --shards (the run has no validation split) or --multiple-choice")
+    if shards:
+        seq_len = args.seq_len or data["seq_len"]
+        loss = validation_elbo(model, shards, tokenizer, seq_len, args.samples)
+        print(f"validation loss (ELBO bound, nats/token) {loss:.4f} on up to {args.samples} windows of "
+              f"{seq_len} from {shards} (step {state['step']})")
+    if args.multiple_choice:
+        r = multiple_choice(model, tokenizer, args.multiple_choice, args.mc_num, min(args.mc_num, 16))
+        print(f"multiple-choice accuracy {r['accuracy']:.4f} on {r['n']} questions from {args.multiple_choice} "
+              f"(Monte Carlo likelihood, mc_num {args.mc_num})")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .train.launch import launch
 
@@ -253,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="an optional system message")
     _add_sampler_args(chat, 128)
     chat.set_defaults(func=_cmd_chat)
+
+    ev = sub.add_parser("eval", help="validation loss (ELBO) on held-out shards; multiple-choice accuracy")
+    ev.add_argument("--model", required=True, help="a run directory or a checkpoint directory")
+    ev.add_argument("--tokenizer", default=None)
+    ev.add_argument("--shards", default=None, help="default: the run's validation split")
+    ev.add_argument("--samples", type=int, default=256, help="validation windows")
+    ev.add_argument("--seq-len", type=int, default=None)
+    ev.add_argument("--multiple-choice", default=None, help="jsonl of {context, choices, answer}")
+    ev.add_argument("--mc-num", type=int, default=32, help="Monte Carlo samples per likelihood")
+    ev.set_defaults(func=_cmd_eval)
 
     train = sub.add_parser("train", help="train on this machine with N processes (torchrun); other arguments "
                                          "go to python -m llada_ds.train (--recipe, --run-dir, --resume, --a.b=c)")

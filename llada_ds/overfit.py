@@ -13,11 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from .diffusion import NoiseConfig, diffusion_loss, pretrain_batch
+from .diffusion.noise import EVAL_STEP
 from .model import ModelConfig, build_model
 
-
-# Evaluation noise uses steps far beyond any training step, so it is fixed and never trained on.
-EVAL_STEP = 1 << 40
 
 
 @dataclass

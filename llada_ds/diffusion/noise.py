@@ -38,6 +38,10 @@ STREAM_MASK = 1  # t and the token mask of a sample
 STREAM_LENGTH = 2  # the per-step random-length cut
 STREAM_LIKELIHOOD = 3  # reserved for Monte Carlo likelihood estimates
 
+# Evaluation noise uses this step: far beyond any training step, so validation losses are
+# computed on fixed draws that training never sees.
+EVAL_STEP = 1 << 40
+
 
 def generator(seed: int, stream: int, step: int, index: int) -> np.random.Generator:
     """The Philox stream of one (seed, stream, step, index)."""

@@ -33,6 +33,7 @@ from ..data.shards import ShardError, ShardIndex, ShardSet
 from ..data.storage import LocalStorage
 from ..data.tokenizer import Tokenizer
 from ..diffusion import NoiseConfig, diffusion_loss, pretrain_batch
+from ..diffusion.noise import EVAL_STEP
 from ..model.sizing import count, train_flops_per_token
 from .checkpoint import (
     CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, load_weights, newer_checkpoints,
@@ -43,7 +44,6 @@ from .engine import build_engine, fill_ds_config, set_learning_rate
 from .monitor import Monitor, memory_gib, peak_tflops
 from .schedule import learning_rate
 
-EVAL_STEP = 1 << 40  # evaluation noise: a fixed key no training step reaches
 N_BUCKETS = 4
 
 

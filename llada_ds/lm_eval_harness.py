@@ -1,0 +1,99 @@
+"""lm-evaluation-harness support: the `llada-ds` model type.
+
+    python -m llada_ds.lm_eval_harness run --model llada-ds \\
+        --model_args model=runs/demo/train,mc_num=32,gen_length=64,block_length=32 \\
+        --tasks TASKS [--include_path DIR] [other lm-eval options]
+
+This imports the adapter (registering the model type) and hands the command line to lm-eval.
+- loglikelihood: the Monte Carlo conditional log-likelihood (diffusion/likelihood.py, mc_num
+  samples, stratified); is_greedy tells whether one forward with the whole continuation masked
+  predicts the continuation token for token (the diffusion analogue of greedy decoding).
+- loglikelihood_rolling: the same bound with an empty context (an ELBO, not an exact value).
+- generate_until: the LLaDA sampler (exact, or --fast style with fast=true), stopped at the first
+  `until` string.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from .data.tokenizer import Tokenizer
+from .diffusion.fast_sampler import FastConfig, generate_fast
+from .diffusion.likelihood import log_likelihood
+from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
+from .train.checkpoint import load_plain_model
+
+
+def _bool(v) -> bool:
+    return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+
+
+@register_model("llada-ds")
+class LLaDAHarnessModel(LM):
+    def __init__(self, model: str, tokenizer: str | None = None, mc_num: int = 32, mc_batch: int = 16,
+                 gen_length: int = 64, steps: int | None = None, block_length: int | None = None,
+                 cfg_scale: float = 0.0, fast: bool = False, cache: str = "dual", threshold: float | None = None,
+                 seed: int = 0, **_: object) -> None:
+        super().__init__()
+        self.model, state = load_plain_model(model)
+        self.tok = Tokenizer.load(tokenizer or state["config"]["data"]["tokenizer"])
+        sp = self.tok.special
+        self.special = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+        self.mc_num, self.mc_batch, self.seed = int(mc_num), int(mc_batch), int(seed)
+        self.cfg_scale = float(cfg_scale)
+        self.sampler = SamplerConfig(gen_length=int(gen_length), steps=int(steps or gen_length),
+                                     block_length=int(block_length) if block_length else None,
+                                     cfg_scale=self.cfg_scale, seed=self.seed)
+        self.fast = FastConfig(cache, float(threshold) if threshold not in (None, "None") else None) \
+            if _bool(fast) else None
+
+    def _score(self, context: str, continuation: str) -> tuple[float, bool]:
+        ctx, cont = self.tok.encode(context), self.tok.encode(continuation)
+        if not cont:
+            return 0.0, True
+        ll = log_likelihood(self.model, ctx, cont, self.special.mask, self.mc_num, self.mc_batch, self.cfg_scale,
+                            self.seed)
+        with torch.no_grad():
+            x = torch.tensor([ctx + [self.special.mask] * len(cont)])
+            greedy = self.model(x)[0, len(ctx):].argmax(-1).tolist() == cont
+        return ll, greedy
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        return [self._score(*req.args) for req in requests]
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        return [self._score("", req.args[0])[0] for req in requests]
+
+    def generate_until(self, requests) -> list[str]:
+        out = []
+        for req in requests:
+            context, kwargs = req.args
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            ids = [self.tok.encode(context)]
+            if self.fast is None:
+                row = generate(self.model, ids, self.sampler, self.special)[0].tolist()
+            else:
+                row = generate_fast(self.model, ids, self.sampler, self.special, self.fast)[0][0].tolist()
+            cut = next((i for i, t in enumerate(row) if t in (self.special.eos, self.special.eot)), len(row))
+            text = self.tok.decode(row[:cut])
+            for stop in until:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            out.append(text)
+        return out
+
+
+def main() -> None:
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm-eval"
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
