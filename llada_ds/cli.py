@@ -78,16 +78,12 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 
 def _load_for_sampling(args: argparse.Namespace):
     """(model, tokenizer, sampler config, special tokens, fast config or None) from the arguments."""
-    from .data.tokenizer import Tokenizer
     from .diffusion.fast_sampler import FastConfig
     from .diffusion.sampler import SamplerConfig, SpecialTokens
-    from .train.checkpoint import load_plain_model
+    from .inference import load_for_inference
 
-    model, state = load_plain_model(args.model)
-    tokenizer = Tokenizer.load(args.tokenizer or state["config"]["data"]["tokenizer"])
-    if tokenizer.fingerprint != state["tokenizer"]:
-        raise ValueError(f"tokenizer {tokenizer.path} ({tokenizer.fingerprint}) is not the one the model was "
-                         f"trained with ({state['tokenizer']}); pass --tokenizer")
+    loaded = load_for_inference(args.model, args.tokenizer)
+    model, tokenizer = loaded.model, loaded.tokenizer
     sp = tokenizer.special
     tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
     cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps or args.gen_length,
@@ -168,7 +164,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _add_sampler_args(p: argparse.ArgumentParser, gen_length: int) -> None:
-    p.add_argument("--model", required=True, help="a run directory or a checkpoint directory")
+    p.add_argument("--model", required=True,
+                   help="a run directory, a checkpoint directory, or a Hugging Face folder in LLaDA's layout")
     p.add_argument("--tokenizer", default=None, help="default: the one in the run's config")
     p.add_argument("--gen-length", type=int, default=gen_length)
     p.add_argument("--steps", type=int, default=None, help="default: gen-length")
@@ -186,21 +183,19 @@ def _add_sampler_args(p: argparse.ArgumentParser, gen_length: int) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data.tokenizer import Tokenizer
     from .evaluation import multiple_choice, validation_elbo
-    from .train.checkpoint import load_plain_model
+    from .inference import load_for_inference
 
-    model, state = load_plain_model(args.model)
-    data = state["config"]["data"]
-    tokenizer = Tokenizer.load(args.tokenizer or data["tokenizer"])
+    loaded = load_for_inference(args.model, args.tokenizer)
+    model, tokenizer, data = loaded.model, loaded.tokenizer, loaded.data or {}
     shards = args.shards or data.get("validation")
     if args.multiple_choice is None and not shards:
         raise ValueError("nothing to evaluate: give --shards (the run has no validation split) or --multiple-choice")
     if shards:
-        seq_len = args.seq_len or data["seq_len"]
+        seq_len = args.seq_len or data.get("seq_len") or model.config.max_seq_len
         loss = validation_elbo(model, shards, tokenizer, seq_len, args.samples)
         print(f"validation loss (ELBO bound, nats/token) {loss:.4f} on up to {args.samples} windows of "
-              f"{seq_len} from {shards} (step {state['step']})")
+              f"{seq_len} from {shards}")
     if args.multiple_choice:
         r = multiple_choice(model, tokenizer, args.multiple_choice, args.mc_num, min(args.mc_num, 16))
         print(f"multiple-choice accuracy {r['accuracy']:.4f} on {r['n']} questions from {args.multiple_choice} "
@@ -278,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=_cmd_chat)
 
     ev = sub.add_parser("eval", help="validation loss (ELBO) on held-out shards; multiple-choice accuracy")
-    ev.add_argument("--model", required=True, help="a run directory or a checkpoint directory")
+    ev.add_argument("--model", required=True,
+                    help="a run directory, a checkpoint directory, or a Hugging Face folder in LLaDA's layout")
     ev.add_argument("--tokenizer", default=None)
     ev.add_argument("--shards", default=None, help="default: the run's validation split")
     ev.add_argument("--samples", type=int, default=256, help="validation windows")

@@ -21,11 +21,10 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from .data.tokenizer import Tokenizer
 from .diffusion.fast_sampler import FastConfig, generate_fast
 from .diffusion.likelihood import log_likelihood
 from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
-from .train.checkpoint import load_plain_model
+from .inference import load_for_inference
 
 
 def _bool(v) -> bool:
@@ -39,8 +38,8 @@ class LLaDAHarnessModel(LM):
                  cfg_scale: float = 0.0, fast: bool = False, cache: str = "dual", threshold: float | None = None,
                  seed: int = 0, **_: object) -> None:
         super().__init__()
-        self.model, state = load_plain_model(model)
-        self.tok = Tokenizer.load(tokenizer or state["config"]["data"]["tokenizer"])
+        loaded = load_for_inference(model, tokenizer)
+        self.model, self.tok = loaded.model, loaded.tokenizer
         sp = self.tok.special
         self.special = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
         self.mc_num, self.mc_batch, self.seed = int(mc_num), int(mc_batch), int(seed)

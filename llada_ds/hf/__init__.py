@@ -1,0 +1,1 @@
+"""Interop with the Hugging Face layout of the released LLaDA checkpoints."""

@@ -1,0 +1,46 @@
+"""Load a trained model for sampling and evaluation, from wherever it lives.
+
+- a llada-ds run directory or checkpoint (any world size): weights consolidated with DeepSpeed's
+  own tool; the tokenizer named in the run's config;
+- a Hugging Face folder in the released LLaDA layout (ours after export, or LLaDA's own): config
+  and weights read into our model through the adapter (no remote code runs); its tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .data.tokenizer import Tokenizer
+from .model import LLaDAModel
+
+
+@dataclass
+class LoadedModel:
+    model: LLaDAModel
+    tokenizer: Tokenizer
+    source: str  # "checkpoint" or "huggingface"
+    step: Optional[int] = None
+    data: Optional[dict] = None  # the run's data config, for checkpoints
+
+
+def load_for_inference(path: str | Path, tokenizer: Optional[str] = None) -> LoadedModel:
+    path = Path(path)
+    if (path / "config.json").is_file():
+        from .hf.adapter import load_llada_folder
+
+        model, _ = load_llada_folder(path)
+        tok = Tokenizer.load(tokenizer or path)
+        if tok.vocab_size > model.config.vocab_size:
+            raise ValueError(f"tokenizer of {tokenizer or path} has {tok.vocab_size} tokens, the model "
+                             f"{model.config.vocab_size}")
+        return LoadedModel(model, tok, "huggingface")
+    from .train.checkpoint import load_plain_model
+
+    model, state = load_plain_model(path)
+    tok = Tokenizer.load(tokenizer or state["config"]["data"]["tokenizer"])
+    if tok.fingerprint != state["tokenizer"]:
+        raise ValueError(f"tokenizer {tok.path} ({tok.fingerprint}) is not the one the model was trained with "
+                         f"({state['tokenizer']}); pass --tokenizer")
+    return LoadedModel(model, tok, "checkpoint", state["step"], state["config"]["data"])
