@@ -8,7 +8,8 @@
 3. a training step of the llada-1b preset under DeepSpeed ZeRO-3, world size 1, bf16, seq 4096,
    with and without activation checkpointing: tokens/s, TFLOP/s, MFU against the measured bf16
    matmul rate of this GPU (and against the nominal peak), peak memory;
-4. the samplers at gen length 256 on the same model (when llada_ds provides them).
+4. the exact and fast samplers at gen length 256 (block 32) on the same model shape (random
+   weights: speed is meaningful, agreement is not).
 
 Results go to OUT/gpu_results.json and OUT/gpu_results.txt. `--tiny` runs the same code on CPU
 with a tiny configuration (tests/test_gpu_suite.py does, so the suite is known to run before a
@@ -33,6 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from llada_ds.model import get_preset  # noqa: E402
 from llada_ds.model.attention import EagerAttention, FlashAttention, SdpaAttention, flash_attn_available  # noqa: E402
 
 
@@ -213,6 +215,41 @@ def train_step_bench(preset: str, model_overrides: dict, seq: int, micro: int, p
     return result
 
 
+def sampler_bench(preset: str, overrides: dict, gen_length: int, block: int, dtype: torch.dtype,
+                  device: torch.device) -> dict:
+    """Exact vs fast (dual cache, and + threshold 0.9) sampling of one 64-token prompt."""
+    from llada_ds.diffusion.fast_sampler import FastConfig, generate_fast
+    from llada_ds.diffusion.sampler import SamplerConfig, SpecialTokens, generate
+    from llada_ds.model import LLaDAModel
+
+    cfg_model = get_preset(preset).replace(attention="sdpa", **overrides)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LLaDAModel(cfg_model).to(dtype).eval()
+    vocab = cfg_model.vocab_size
+    special = SpecialTokens(mask=vocab - 1, pad=vocab - 2, eos=vocab - 3, eot=vocab - 4)
+    prompt = [[(17 * i) % (vocab - 10) for i in range(64)]]
+    cfg = SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=block)
+    rows = {}
+    sync(device)
+    start = time.perf_counter()
+    exact = generate(model, prompt, cfg, special)
+    sync(device)
+    rows["exact"] = {"seconds": time.perf_counter() - start, "forwards": cfg.steps}
+    for name, fast in (("dual_cache", FastConfig("dual")), ("dual_cache_threshold_0.9", FastConfig("dual", 0.9))):
+        sync(device)
+        start = time.perf_counter()
+        out, forwards = generate_fast(model, prompt, cfg, special, fast)
+        sync(device)
+        rows[name] = {"seconds": time.perf_counter() - start, "forwards": forwards,
+                      "agreement": (out == exact).float().mean().item()}
+    for row in rows.values():
+        row["tokens_per_s"] = gen_length / row["seconds"]
+    del model
+    gc.collect()
+    return {"preset": preset, "gen_length": gen_length, "block": block, "random_weights": True, **rows}
+
+
 def run_section(results: dict, name: str, fn, log) -> None:
     start = time.perf_counter()
     try:
@@ -268,7 +305,9 @@ def main() -> None:
         run_section(results, f"train_step_ckpt_{ckpt}", lambda: train_step_bench(
             preset, overrides, train_seq, 1 if args.tiny else args.micro_batch, precision, ckpt,
             2 if args.tiny else 5, 1 if args.tiny else 2, device), log)
-    results["samplers"] = {"skipped": "the LLaDA sampler is not in llada_ds yet (issue 6)"}
+    run_section(results, "samplers", lambda: sampler_bench(
+        preset, overrides, 32 if args.tiny else 256, 8 if args.tiny else 32, dtype if not args.tiny else torch.float32,
+        device), log)
 
     peak = results["matmul"].get("tflops") if isinstance(results["matmul"], dict) else None
     nominal = 989.0 if device.type == "cuda" else None
@@ -295,6 +334,15 @@ def main() -> None:
         log(f"  train step {r['preset']} ({r['parameters']:,} params) seq {r['seq']} micro {r['micro_batch']} "
             f"ckpt={ckpt}: {r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, {r['tflops']:.1f} TFLOP/s, "
             f"MFU {100 * mfu:.1f}% of measured matmul{extra}{mem}")
+    smp = results["samplers"]
+    if "error" in smp:
+        log(f"  samplers: {smp['error']}")
+    else:
+        for name in ("exact", "dual_cache", "dual_cache_threshold_0.9"):
+            r = smp[name]
+            agree = f", agreement {100 * r['agreement']:.1f}%" if "agreement" in r else ""
+            log(f"  sampler {name:<26} gen {smp['gen_length']}: {r['tokens_per_s']:8.1f} tok/s, "
+                f"{r['forwards']} forwards{agree} (random weights)")
     (out / "gpu_results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "gpu_results.txt").write_text("\n".join(lines) + "\n")
 

@@ -27,4 +27,5 @@ def test_gpu_suite_runs_tiny_on_cpu(tmp_path):
         assert "error" not in step, step
         assert step["tokens_per_s"] > 0 and step["loss"] == step["loss"]
     assert "train step" in (tmp_path / "gpu_results.txt").read_text()
+    assert results["samplers"]["exact"]["tokens_per_s"] > 0 and "agreement" in results["samplers"]["dual_cache"]
     assert subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_suite.sh")]).returncode == 0
