@@ -203,6 +203,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .hf.export import export_checkpoint, push_to_hub
+
+    out = export_checkpoint(args.ckpt, args.out_dir, args.step, args.dtype, args.max_shard_size, not args.no_verify)
+    files = sorted(p.name for p in out.iterdir())
+    print(f"exported to {out}: {', '.join(files)}" + ("" if args.no_verify else
+          "; verified: transformers loads it offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"))
+    if args.push_to_hub:
+        url = push_to_hub(out, args.push_to_hub, args.private, args.revision)
+        print(f"pushed to {args.push_to_hub}: {url}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .train.launch import launch
 
@@ -282,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--multiple-choice", default=None, help="jsonl of {context, choices, answer}")
     ev.add_argument("--mc-num", type=int, default=32, help="Monte Carlo samples per likelihood")
     ev.set_defaults(func=_cmd_eval)
+
+    exp = sub.add_parser("export", help="export a checkpoint as a Hugging Face folder in LLaDA's released layout")
+    exp.add_argument("ckpt", help="a run directory or a checkpoint directory (any world size)")
+    exp.add_argument("out_dir")
+    exp.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+    exp.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
+    exp.add_argument("--max-shard-size", default="5GB")
+    exp.add_argument("--no-verify", action="store_true", help="skip loading the export back with transformers")
+    exp.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+    exp.add_argument("--private", action="store_true")
+    exp.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    exp.set_defaults(func=_cmd_export)
 
     train = sub.add_parser("train", help="train on this machine with N processes (torchrun); other arguments "
                                          "go to python -m llada_ds.train (--recipe, --run-dir, --resume, --a.b=c)")

@@ -90,7 +90,7 @@ def model_config_from_llada(conf: dict, where: str = "config.json") -> ModelConf
 
 
 def read_weights(folder: Path) -> dict:
-    """All tensors of a Hugging Face folder: sharded or single safetensors, or PyTorch .bin files."""
+    """All tensors of a Hugging Face folder, sharded or single safetensors (never unpickled)."""
     from safetensors.torch import load_file
 
     index = folder / "model.safetensors.index.json"
@@ -102,13 +102,10 @@ def read_weights(folder: Path) -> dict:
         return out
     if (folder / "model.safetensors").is_file():
         return load_file(str(folder / "model.safetensors"))
-    bins = sorted(folder.glob("pytorch_model*.bin"))
-    if bins:
-        out = {}
-        for f in bins:
-            out.update(torch.load(f, map_location="cpu", weights_only=True))
-        return out
-    raise ConfigError(f"{folder}: no weights (model.safetensors[.index.json] or pytorch_model*.bin)")
+    if list(folder.glob("pytorch_model*.bin")):
+        raise ConfigError(f"{folder}: only pickled PyTorch weights (pytorch_model*.bin); llada-ds reads safetensors "
+                          "only, never unpickles: convert them to safetensors first")
+    raise ConfigError(f"{folder}: no weights (model.safetensors or model.safetensors.index.json)")
 
 
 def load_llada_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[LLaDAModel, dict]:

@@ -119,22 +119,30 @@ def load_checkpoint(engine, ckpt_dir: Path) -> dict:
     return state if state is not None else read_run_state(ckpt_dir)
 
 
-def load_weights(engine, ckpt_dir: Path, dist: DistInfo) -> None:
-    """Only the weights of a checkpoint (any world size), into a ZeRO-3 (or plain) engine.
+def load_weights(engine, source: Path, dist: DistInfo) -> None:
+    """Only the weights of a checkpoint (any world size) or of a Hugging Face folder in LLaDA's
+    layout, into a ZeRO-3 (or plain) engine.
 
-    Rank 0 consolidates the fp32 weights of exactly this tag with DeepSpeed's own tool and each
-    parameter is scattered from it in turn, so no other rank ever holds the whole model.
-    (DeepSpeed's load_module_only would consolidate whatever `latest` names, not this tag.)
+    Rank 0 reads the weights (for a checkpoint: the fp32 weights of exactly this tag, consolidated
+    with DeepSpeed's own tool; DeepSpeed's load_module_only would take whatever `latest` names) and
+    each parameter is scattered from it in turn, so no other rank ever holds the whole model.
     """
     import deepspeed
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     state, missing = None, []
     if dist.is_main:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+        if (source / "config.json").is_file():
+            from ..hf.adapter import load_llada_folder
+
+            state = dict(load_llada_folder(source)[0].state_dict())
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            with contextlib.redirect_stdout(sys.stderr):
+                state = get_fp32_state_dict_from_zero_checkpoint(str(source.parent), tag=source.name)
         missing = [n for n, _ in engine.module.named_parameters() if n not in state]
     if all_reduce_sum([float(len(missing))], dist.device)[0]:
-        raise CheckpointError(f"{ckpt_dir}: tensors missing from the checkpoint: {', '.join(missing[:5]) or 'see rank 0'}")
+        raise CheckpointError(f"{source}: tensors missing: {', '.join(missing[:5]) or 'see rank 0'}")
     for name, param in engine.module.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
             if dist.is_main:

@@ -17,6 +17,7 @@ and global counters, so a resumed run (any world size) computes what an uninterr
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -143,8 +144,15 @@ class Trainer:
     def _resume(self, resume: str) -> None:
         if self.cfg.train.init_from:
             src = Path(self.cfg.train.init_from)
-            src = latest_checkpoint(src / "checkpoints") or latest_checkpoint(src) or src
-            check_compatible(read_run_state(src), self.model_cfg.to_dict(), self.tokenizer.fingerprint, src)
+            if (src / "config.json").is_file():  # a Hugging Face folder in LLaDA's layout
+                from ..hf.adapter import model_config_from_llada
+
+                theirs = model_config_from_llada(json.loads((src / "config.json").read_text()), str(src))
+                check_compatible({"model": theirs.to_dict(), "tokenizer": self.tokenizer.fingerprint},
+                                 self.model_cfg.to_dict(), self.tokenizer.fingerprint, src)
+            else:
+                src = latest_checkpoint(src / "checkpoints") or latest_checkpoint(src) or src
+                check_compatible(read_run_state(src), self.model_cfg.to_dict(), self.tokenizer.fingerprint, src)
         if resume == "never":
             if latest_checkpoint(self.ckpt_root) is not None:
                 raise CheckpointError(f"{self.run_dir} already holds checkpoints; use --resume auto or another run dir")

@@ -1,0 +1,174 @@
+"""Export a trained model as a Hugging Face folder in the released LLaDA layout, and push it.
+
+The folder loads with transformers' AutoModel / AutoModelForCausalLM (trust_remote_code=True,
+offline): config.json with LLaDA's keys and an explicit auto_map, our own configuration_llada.py
+and modeling_llada.py (self-contained), sharded safetensors with an index, the tokenizer
+(AutoTokenizer, ids identical to ours), generation_config.json with the mask id, and a model card.
+After writing, the export verifies itself: transformers loads the folder offline and its logits on
+a fixed batch must match our model's (fp32, relative error < 1e-5), or the export fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data.tokenizer import Tokenizer, transformers_tokenizer
+from ..model import LLaDAModel
+from .adapter import llada_config, load_llada_folder, to_llada_state_dict
+
+REMOTE_DIR = Path(__file__).parent / "remote"
+AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _model_card(model: LLaDAModel, info: dict, dtype: str) -> str:
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    trained = info.get("trained", "unknown")
+    return f"""---
+library_name: transformers
+tags: [llada, masked-diffusion, llada-ds]
+---
+# LLaDA-style masked diffusion language model
+
+Trained with [llada-ds](https://pypi.org/project/llada-ds/): a bidirectional LLaMA-style mask
+predictor trained with the LLaDA objective (tokens masked at a random rate t, cross-entropy on the
+masked tokens weighted by 1/t).
+
+| | |
+|---|---|
+| parameters | {params:,} |
+| layers / d_model / heads (kv) / FFN | {cfg.n_layers} / {cfg.d_model} / {cfg.n_heads} ({cfg.kv_heads}) / {cfg.ffn_hidden_size} |
+| vocabulary / max length | {cfg.vocab_size} / {cfg.max_seq_len} |
+| training | {trained} |
+| weights | {dtype}, safetensors |
+| mask token id | {info.get("mask_id")} |
+
+## Sampling
+
+```bash
+pip install llada-ds
+llada-ds generate --model THIS_FOLDER --prompt "Once upon a time" --gen-length 128 --block-length 32
+```
+
+or with transformers (`trust_remote_code=True`): the model's forward returns `.logits` for every
+position (no shift); LLaDA's own sampler and evaluation code run on it unchanged.
+"""
+
+
+def export_model(model: LLaDAModel, tokenizer: Tokenizer, out_dir: str | Path, dtype: str = "bf16",
+                 max_shard_size: str = "5GB", info: Optional[dict] = None, verify: bool = True) -> Path:
+    from huggingface_hub import save_torch_state_dict
+
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = dict(info or {})
+    sp = tokenizer.special
+    info.setdefault("mask_id", sp.mask)
+    state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in to_llada_state_dict(model.state_dict()).items()}
+    for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        old.unlink()  # a previous export's shards must not mix with this one's
+    save_torch_state_dict(state, str(out), max_shard_size=max_shard_size)
+    config = llada_config(model.config, sp.mask, sp.eos, sp.pad)
+    config.update(auto_map=AUTO_MAP, bos_token_id=sp.bos, torch_dtype={"bf16": "bfloat16", "fp32": "float32",
+                                                                        "fp16": "float16"}[dtype])
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in ("configuration_llada.py", "modeling_llada.py"):
+        shutil.copyfile(REMOTE_DIR / name, out / name)
+    if tokenizer.kind == "sentencepiece":
+        transformers_tokenizer(tokenizer.path).save_pretrained(str(out))
+    else:
+        tokenizer._backend.save_pretrained(str(out))
+    generation = {"mask_token_id": sp.mask, "eos_token_id": sp.eos, "pad_token_id": sp.pad, "bos_token_id": sp.bos,
+                  "eot_token_id": sp.eot, "steps": 128, "gen_length": 128, "block_length": 32, "temperature": 0.0,
+                  "remasking": "low_confidence"}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (out / "README.md").write_text(_model_card(model, info, dtype))
+    if verify:
+        verify_export(out, tokenizer)
+    return out
+
+
+@torch.no_grad()
+def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -> float:
+    """Load the folder with transformers (offline) and compare logits and token ids with ours."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ours, _ = load_llada_folder(folder, torch.float32)
+    try:
+        theirs = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True,
+                                                      dtype=torch.float32).eval()
+    except TypeError:  # transformers 4.x names it torch_dtype
+        theirs = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True,
+                                                      torch_dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, tokenizer.vocab_size, (2, 24), generator=gen)
+    ids[:, 5:9] = tokenizer.special.mask
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding on the second row
+    ref = ours(ids, doc_ids=mask)
+    got = theirs(ids, attention_mask=mask).logits
+    real = mask.bool()
+    err = ((got[real] - ref[real]).norm() / ref[real].norm()).item()
+    if not err < tolerance:
+        raise ExportError(f"{folder}: transformers' logits differ from llada-ds' by {err:.2e} (relative), "
+                          f"more than {tolerance:g}: the export is wrong")
+    sample = "ROMEO.\nBut soft, what light through yonder window breaks?\n\t  It is the east."
+    hf_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if hf_tok.encode(sample, add_special_tokens=False) != tokenizer.encode(sample):
+        raise ExportError(f"{folder}: the exported tokenizer's ids differ from llada-ds' tokenizer")
+    return err
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, step: Optional[int] = None, dtype: str = "bf16",
+                      max_shard_size: str = "5GB", verify: bool = True) -> Path:
+    """Export a llada-ds checkpoint (run directory or step directory; any world size)."""
+    from ..train.checkpoint import load_plain_model, resolve_checkpoint, tag_for
+
+    path = Path(ckpt)
+    if step is not None:
+        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        path = root / tag_for(step)
+    ckpt_dir = resolve_checkpoint(path)
+    model, state = load_plain_model(ckpt_dir)
+    tokenizer = Tokenizer.load(state["config"]["data"]["tokenizer"])
+    info = {"trained": f"{state['step']:,} steps, {state['tokens_seen']:,} tokens (data fingerprint "
+                       f"{state['data']['data_fingerprint']}, tokenizer {state['tokenizer']})",
+            "mask_id": tokenizer.special.mask}
+    return export_model(model, tokenizer, out_dir, dtype, max_shard_size, info, verify)
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, revision: Optional[str] = None,
+                token: Optional[str] = None) -> str:
+    """Create the repository if needed and upload every file of the folder; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                                 commit_message="Upload LLaDA model exported by llada-ds")
+    except Exception as exc:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise ExportError(f"push of {folder} to {repo_id} at {endpoint} failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else exc!r}); the local folder is unchanged") from None
+    return str(info)
