@@ -349,3 +349,60 @@ def test_eval_and_lm_eval_harness_on_a_trained_run(recipe, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "llada_tiny_mc" in res.stdout and "llada_tiny_gen" in res.stdout
     assert list((tmp_path / "lm_eval_out").rglob("results*.json"))
+
+
+def _hand_built_llada_folder(folder: Path, tokenizer_dir) -> None:
+    """A folder in the released layout with names and config keys written from LLADA_SPEC.md."""
+    from safetensors.torch import save_file
+
+    from llada_ds.data.tokenizer import transformers_tokenizer
+
+    d, ffn, vocab, kv = 64, 128, 4096, 2 * 16
+    g = torch.Generator().manual_seed(7)
+    t = {"model.transformer.wte.weight": (vocab, d), "model.transformer.ln_f.weight": (d,),
+         "model.transformer.ff_out.weight": (vocab, d)}
+    for i in range(2):
+        p = f"model.transformer.blocks.{i}."
+        t.update({p + "attn_norm.weight": (d,), p + "q_proj.weight": (d, d), p + "k_proj.weight": (kv, d),
+                  p + "v_proj.weight": (kv, d), p + "attn_out.weight": (d, d), p + "ff_norm.weight": (d,),
+                  p + "ff_proj.weight": (ffn, d), p + "up_proj.weight": (ffn, d), p + "ff_out.weight": (d, ffn)})
+    folder.mkdir(parents=True)
+    save_file({k: (torch.randn(s, generator=g) * 0.05 + (1.0 if len(s) == 1 else 0.0)) for k, s in t.items()},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": d, "n_heads": 4, "n_kv_heads": 2,
+        "n_layers": 2, "mlp_hidden_size": ffn, "mlp_ratio": 2, "vocab_size": vocab, "embedding_size": vocab,
+        "max_sequence_length": 64, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "mask_token_id": 3,
+        "eos_token_id": 2, "pad_token_id": 2, "block_type": "llama", "activation_type": "silu",
+        "layer_norm_type": "rms", "include_bias": False, "weight_tying": False}))
+    transformers_tokenizer(tokenizer_dir).save_pretrained(str(folder))
+
+
+@pytest.mark.timeout(500)
+def test_released_layout_folder_trains_a_step_and_exports_back(recipe, sp_tokenizer, tmp_path):
+    folder = tmp_path / "released"
+    _hand_built_llada_folder(folder, sp_tokenizer)
+    script = REPO / "tests" / "scripts" / "init_from_check.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(recipe), str(folder), str(tmp_path / "check")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert json.loads([x for x in res.stdout.splitlines() if x.startswith("{")][-1]) == \
+        {"matches_requested": True, "step": 0}
+    run = tmp_path / "run"
+    torchrun(recipe, run, f"--train.init_from={folder}", "--stop-after", "1", "--eval.every=0")
+    assert "weights initialised from" in (run / "train.log").read_text()
+    out = tmp_path / "exported"
+    res = subprocess.run([sys.executable, "-m", "llada_ds.cli", "export", str(run), str(out), "--dtype", "fp32"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "verified" in res.stdout
+    from safetensors.torch import load_file
+
+    before = load_file(str(folder / "model.safetensors"))
+    after = {}
+    for f in out.glob("model*.safetensors"):
+        after.update(load_file(str(f)))
+    assert after.keys() == before.keys()  # the released names, back again
+    assert any(not torch.equal(after[k], before[k]) for k in before)  # one training step changed them

@@ -26,7 +26,13 @@ def main():
     params = dict(trainer.engine.module.named_parameters())
     with deepspeed.zero.GatheredParameters(list(params.values())):
         loaded = {n: p.detach().clone() for n, p in params.items()}
-    if dist.is_main:
+    if dist.is_main and (ckpt / "config.json").is_file():  # a Hugging Face folder in LLaDA's layout
+        from llada_ds.hf.adapter import load_llada_folder
+
+        want = load_llada_folder(ckpt)[0].state_dict()
+        print(json.dumps({"matches_requested": all(torch.equal(loaded[n], want[n]) for n in loaded),
+                          "step": trainer.step}))
+    elif dist.is_main:
         want = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
         latest = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent))  # what `latest` names
         print(json.dumps({
