@@ -406,3 +406,36 @@ def test_released_layout_folder_trains_a_step_and_exports_back(recipe, sp_tokeni
         after.update(load_file(str(f)))
     assert after.keys() == before.keys()  # the released names, back again
     assert any(not torch.equal(after[k], before[k]) for k in before)  # one training step changed them
+
+
+@pytest.mark.timeout(400)
+def test_export_pushes_every_file_to_a_stub_hub_and_fails_clearly(recipe, tmp_path):
+    from hub_stub import GOOD_TOKEN, HubStub
+
+    run = tmp_path / "run"
+    torchrun(recipe, run, "--stop-after", "1", "--eval.every=0")
+    out = tmp_path / "export"
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HOME": str(tmp_path / "hf")}
+    with HubStub() as hub:
+        cmd = [sys.executable, "-m", "llada_ds.cli", "export", str(run), str(out), "--dtype", "fp32",
+               "--max-shard-size", "1MB", "--push-to-hub", "someone/tiny-llada", "--revision", "v1"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                             env={**base, "HF_ENDPOINT": hub.url, "HF_TOKEN": GOOD_TOKEN})
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:] + str(hub.requests)
+        local = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        pushed = hub.repos["someone/tiny-llada"]["branches"]["v1"]
+        assert pushed == local and len(local) >= 9  # every file, byte for byte
+        # A bad token: a clear error, nothing changed locally.
+        bad = subprocess.run([sys.executable, "-m", "llada_ds.cli", "export", str(run), str(out), "--dtype",
+                              "fp32", "--max-shard-size", "1MB", "--no-verify", "--push-to-hub", "someone/other"],
+                             capture_output=True, text=True, timeout=300,
+                             env={**base, "HF_ENDPOINT": hub.url, "HF_TOKEN": "bad-token"})
+        assert bad.returncode != 0 and "push of" in bad.stderr and "failed" in bad.stderr, bad.stderr[-2000:]
+        assert "someone/other" not in hub.repos
+    # An endpoint that is not there.
+    dead = subprocess.run([sys.executable, "-c", "from llada_ds.hf.export import push_to_hub; "
+                           f"push_to_hub({str(out)!r}, 'someone/x')"], capture_output=True, text=True, timeout=120,
+                          env={**base, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": GOOD_TOKEN})
+    assert dead.returncode != 0 and "failed" in dead.stderr and "127.0.0.1:9" in dead.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == local

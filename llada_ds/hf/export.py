@@ -131,7 +131,7 @@ def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -
         raise ExportError(f"{folder}: transformers' logits differ from llada-ds' by {err:.2e} (relative), "
                           f"more than {tolerance:g}: the export is wrong")
     sample = "ROMEO.\nBut soft, what light through yonder window breaks?\n\t  It is the east."
-    hf_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    hf_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=True)
     if hf_tok.encode(sample, add_special_tokens=False) != tokenizer.encode(sample):
         raise ExportError(f"{folder}: the exported tokenizer's ids differ from llada-ds' tokenizer")
     return err
