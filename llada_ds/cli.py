@@ -216,6 +216,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .hf.adapter import import_llada_folder
+
+    out = import_llada_folder(args.hf_dir, args.out_ckpt)
+    print(f"imported {args.hf_dir} into {out}: use it with --model, --train.init_from or llada-ds export")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .train.launch import launch
 
@@ -307,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--private", action="store_true")
     exp.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     exp.set_defaults(func=_cmd_export)
+
+    imp = sub.add_parser("import", help="a Hugging Face folder in LLaDA's released layout -> a llada-ds checkpoint")
+    imp.add_argument("hf_dir")
+    imp.add_argument("out_ckpt")
+    imp.set_defaults(func=_cmd_import)
 
     train = sub.add_parser("train", help="train on this machine with N processes (torchrun); other arguments "
                                          "go to python -m llada_ds.train (--recipe, --run-dir, --resume, --a.b=c)")

@@ -56,3 +56,34 @@ def test_a_broken_modeling_file_fails_the_export_loudly(sp_tokenizer, tmp_path):
     modeling.write_text(modeling.read_text().replace("is_causal=False", "is_causal=True"))
     with pytest.raises(ExportError, match="logits differ"):
         verify_export(out, tok)
+
+
+@pytest.mark.timeout(200)
+def test_import_then_export_round_trips_byte_identical_tensors(sp_tokenizer, tmp_path):
+    import subprocess
+    import sys
+
+    from llada_ds.hf.adapter import import_llada_folder
+    from llada_ds.inference import load_for_inference
+
+    torch.manual_seed(1)
+    model = build_model(SMALL).eval()
+    tok = Tokenizer.load(sp_tokenizer)
+    first = export_model(model, tok, tmp_path / "first", dtype="bf16", verify=False)
+    ckpt = import_llada_folder(first, tmp_path / "imported")
+    loaded = load_for_inference(ckpt)  # the imported checkpoint serves every llada-ds command
+    assert loaded.tokenizer.special.mask == 3 and loaded.model.config == SMALL.replace(attention="auto")
+    res = subprocess.run([sys.executable, "-m", "llada_ds.cli", "export", str(ckpt), str(tmp_path / "second"),
+                          "--dtype", "bf16"], capture_output=True, text=True, timeout=150)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = tensors(first), tensors(tmp_path / "second")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    from llada_ds.hf.adapter import read_weights
+    from llada_ds.model import ConfigError
+
+    torch.save({"x": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="never unpickles"):
+        read_weights(tmp_path)

@@ -134,3 +134,43 @@ def load_llada_folder(folder: str | Path, dtype: torch.dtype = torch.float32) ->
                           f"{unexpected[:6]}, wrong shape {wrong[:6]}")
     model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, assign=True)
     return model.eval(), conf
+
+
+def import_llada_folder(folder: str | Path, out_dir: str | Path) -> Path:
+    """`llada-ds import`: a released-format folder -> a llada-ds weights checkpoint.
+
+    The checkpoint holds weights.safetensors (our names, the folder's dtype), the folder's
+    tokenizer (kept as is, with its own mask id) under tokenizer/, and run_state.json (step 0, the
+    model shape, the tokenizer fingerprint), so every llada-ds command that takes a checkpoint
+    (generate, eval, export, --train.init_from) takes it. Only safetensors are read.
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from ..data.storage import LocalStorage
+    from ..data.tokenizer import Tokenizer
+
+    folder, out = Path(folder), Path(out_dir)
+    conf = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else None
+    if conf is None:
+        raise ConfigError(f"{folder}: no config.json")
+    cfg = model_config_from_llada(conf, str(folder / "config.json"))
+    theirs = read_weights(folder)
+    dtype = next(iter(theirs.values())).dtype
+    model, _ = load_llada_folder(folder, dtype)  # checks names and shapes, naming what is wrong
+    tok_dir = out / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens_map")) or f.suffix == ".model"):
+            shutil.copyfile(f, tok_dir / f.name)
+    tokenizer = Tokenizer.load(tok_dir)
+    if "mask_token_id" in conf and conf["mask_token_id"] != tokenizer.special.mask:
+        raise ConfigError(f"{folder}: config mask_token_id {conf['mask_token_id']} but the tokenizer's "
+                          f"<|mdm_mask|> is {tokenizer.special.mask}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
+    state = {"step": 0, "model": cfg.to_dict(), "tokenizer": tokenizer.fingerprint, "imported_from": str(folder),
+             "tokens_seen": 0, "data": {"data_fingerprint": "imported"},
+             "config": {"data": {"tokenizer": str(tok_dir.resolve())}}}
+    LocalStorage(out).write_atomic("run_state.json", (json.dumps(state, indent=1) + "\n").encode())
+    return out

@@ -149,9 +149,10 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, step: Optional[int]
     ckpt_dir = resolve_checkpoint(path)
     model, state = load_plain_model(ckpt_dir)
     tokenizer = Tokenizer.load(state["config"]["data"]["tokenizer"])
-    info = {"trained": f"{state['step']:,} steps, {state['tokens_seen']:,} tokens (data fingerprint "
-                       f"{state['data']['data_fingerprint']}, tokenizer {state['tokenizer']})",
-            "mask_id": tokenizer.special.mask}
+    trained = (f"imported from {state['imported_from']}" if "imported_from" in state else
+               f"{state['step']:,} steps, {state['tokens_seen']:,} tokens (data fingerprint "
+               f"{state['data']['data_fingerprint']}, tokenizer {state['tokenizer']})")
+    info = {"trained": trained, "mask_id": tokenizer.special.mask}
     return export_model(model, tokenizer, out_dir, dtype, max_shard_size, info, verify)
 
 

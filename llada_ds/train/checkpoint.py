@@ -26,6 +26,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier
 
 LATEST = "latest"
 RUN_STATE = "run_state.json"
+IMPORTED_WEIGHTS = "weights.safetensors"  # written by `llada-ds import`
 
 
 class CheckpointError(RuntimeError):
@@ -136,10 +137,7 @@ def load_weights(engine, source: Path, dist: DistInfo) -> None:
 
             state = dict(load_llada_folder(source)[0].state_dict())
         else:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-            with contextlib.redirect_stdout(sys.stderr):
-                state = get_fp32_state_dict_from_zero_checkpoint(str(source.parent), tag=source.name)
+            state = read_checkpoint_weights(source)
         missing = [n for n, _ in engine.module.named_parameters() if n not in state]
     if all_reduce_sum([float(len(missing))], dist.device)[0]:
         raise CheckpointError(f"{source}: tensors missing: {', '.join(missing[:5]) or 'see rank 0'}")
@@ -148,6 +146,18 @@ def load_weights(engine, source: Path, dist: DistInfo) -> None:
             if dist.is_main:
                 param.data.copy_(state[name].to(param.dtype))
     barrier()
+
+
+def read_checkpoint_weights(ckpt: Path) -> dict:
+    """Our-named tensors of a checkpoint: DeepSpeed's (consolidated in fp32) or an imported one."""
+    if (ckpt / IMPORTED_WEIGHTS).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(ckpt / IMPORTED_WEIGHTS))
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -170,8 +180,7 @@ def load_plain_model(path: Path):
     ckpt = resolve_checkpoint(Path(path))
     state = read_run_state(ckpt)
     model = LLaDAModel(ModelConfig.from_dict(state["model"]))
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    weights = read_checkpoint_weights(ckpt)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{ckpt}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
