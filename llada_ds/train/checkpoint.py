@@ -173,7 +173,6 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def load_plain_model(path: Path):
     """(plain LLaDAModel in fp32 with the checkpoint's weights, run state) from any world size."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from ..model import LLaDAModel, ModelConfig
 
