@@ -439,3 +439,30 @@ def test_export_pushes_every_file_to_a_stub_hub_and_fails_clearly(recipe, tmp_pa
                           env={**base, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": GOOD_TOKEN})
     assert dead.returncode != 0 and "failed" in dead.stderr and "127.0.0.1:9" in dead.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == local
+
+
+@pytest.mark.timeout(400)
+def test_export_from_a_universal_checkpoint_equals_export_from_zero_shards(recipe, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    torchrun(recipe, run, "--stop-after", "2", "--eval.every=0")
+    ckpt = run / "checkpoints" / "step-00000002"
+    universal = tmp_path / "universal"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
+                          "--output_folder", str(universal)], capture_output=True, text=True, env=env, timeout=200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shutil.copyfile(ckpt / RUN_STATE, universal / RUN_STATE)
+    outs = {}
+    for name, src in (("zero", run), ("universal", universal)):
+        res = subprocess.run([sys.executable, "-m", "llada_ds.cli", "export", str(src), str(tmp_path / name),
+                              "--dtype", "fp32"], capture_output=True, text=True, env=env, timeout=200)
+        assert res.returncode == 0, res.stderr[-2000:]
+        outs[name] = {}
+        for f in (tmp_path / name).glob("model*.safetensors"):
+            outs[name].update(load_file(str(f)))
+    assert outs["zero"].keys() == outs["universal"].keys()
+    assert all(torch.equal(outs["zero"][k], outs["universal"][k]) for k in outs["zero"])

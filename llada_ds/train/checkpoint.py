@@ -148,12 +148,34 @@ def load_weights(engine, source: Path, dist: DistInfo) -> None:
     barrier()
 
 
+def is_universal(ckpt: Path) -> bool:
+    """DeepSpeed's universal checkpoint (ds_to_universal): one folder per parameter under zero/."""
+    return (ckpt / "zero").is_dir() and not list(ckpt.glob("*optim_states.pt"))
+
+
 def read_checkpoint_weights(ckpt: Path) -> dict:
-    """Our-named tensors of a checkpoint: DeepSpeed's (consolidated in fp32) or an imported one."""
+    """Our-named tensors of a checkpoint: DeepSpeed's ZeRO shards (consolidated in fp32 by its own
+    tool), a DeepSpeed universal checkpoint (its per-parameter fp32 files), or an imported one."""
     if (ckpt / IMPORTED_WEIGHTS).is_file():
         from safetensors.torch import load_file
 
         return load_file(str(ckpt / IMPORTED_WEIGHTS))
+    if is_universal(ckpt):
+        import torch
+
+        from ..model import ModelConfig, build_model
+
+        shapes = {n: p.shape for n, p in build_model(ModelConfig.from_dict(read_run_state(ckpt)["model"]),
+                                                      "meta").named_parameters()}
+        out = {}
+        for name, shape in shapes.items():
+            f = ckpt / "zero" / name / "fp32.pt"
+            if not f.is_file():
+                raise CheckpointError(f"{ckpt}: universal checkpoint lacks {f.relative_to(ckpt)}")
+            flat = torch.load(f, map_location="cpu", weights_only=True)  # DeepSpeed's own tensor files
+            flat = flat["param"] if isinstance(flat, dict) else flat
+            out[name] = flat.reshape(shape) if flat.numel() == shape.numel() else flat[: shape.numel()].reshape(shape)
+        return out
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
