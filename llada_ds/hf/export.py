@@ -35,6 +35,19 @@ class ExportError(RuntimeError):
     pass
 
 
+def _portable_tokenizer_config(path: Path) -> None:
+    """Keep only what both transformers 4.4x and 5.x read the same way.
+
+    5.x writes extra_special_tokens as a list (4.x expects a mapping and fails) and bookkeeping
+    keys; the added tokens themselves live in tokenizer.json for both.
+    """
+    conf = json.loads(path.read_text())
+    for key in ("extra_special_tokens", "backend", "is_local", "local_files_only"):
+        conf.pop(key, None)
+    conf.update(legacy=False, add_bos_token=False, add_eos_token=False, add_prefix_space=False)
+    path.write_text(json.dumps(conf, indent=2) + "\n")
+
+
 def _model_card(model: LLaDAModel, info: dict, dtype: str) -> str:
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
@@ -93,6 +106,9 @@ def export_model(model: LLaDAModel, tokenizer: Tokenizer, out_dir: str | Path, d
         shutil.copyfile(REMOTE_DIR / name, out / name)
     if tokenizer.kind == "sentencepiece":
         transformers_tokenizer(tokenizer.path).save_pretrained(str(out))
+        # transformers 5 saves tokenizer.json only; 4.x also needs the sentencepiece model itself.
+        shutil.copyfile(Path(tokenizer.path) / "tokenizer.model", out / "tokenizer.model")
+        _portable_tokenizer_config(out / "tokenizer_config.json")
     else:
         tokenizer._backend.save_pretrained(str(out))
     generation = {"mask_token_id": sp.mask, "eos_token_id": sp.eos, "pad_token_id": sp.pad, "bos_token_id": sp.bos,
