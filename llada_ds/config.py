@@ -48,7 +48,7 @@ class DataSection:
 
 @dataclass
 class ObjectiveSection:
-    kind: str = "pretrain"  # pretrain | sft
+    kind: str = "pretrain"  # pretrain | sft | ar (the autoregressive baseline: causal mask, next token)
     eps: float = 1e-3
     random_length_prob: float = 0.01
     noise_seed: int = 0
@@ -143,7 +143,8 @@ class RunConfig:
             (t.precision in ("bf16", "fp32"), "train.precision", t.precision, "must be bf16 or fp32"),
             (self.data.seq_len > 0, "data.seq_len", self.data.seq_len, "must be positive"),
             (self.data.verify in ("full", "header"), "data.verify", self.data.verify, "must be full or header"),
-            (self.objective.kind in ("pretrain", "sft"), "objective.kind", self.objective.kind, "must be pretrain or sft"),
+            (self.objective.kind in ("pretrain", "sft", "ar"), "objective.kind", self.objective.kind,
+             "must be pretrain, sft or ar"),
             (0 < self.objective.eps < 1, "objective.eps", self.objective.eps, "must be in (0, 1)"),
             (self.optim.lr > 0, "optim.lr", self.optim.lr, "must be positive"),
             (len(self.optim.betas) == 2, "optim.betas", self.optim.betas, "must be two numbers"),

@@ -169,3 +169,35 @@ def test_sft_refuses_prompts_that_leave_no_answer():
 def test_noise_config_validation(kwargs):
     with pytest.raises(ValueError, match="noise."):
         NoiseConfig(**kwargs)
+
+
+def test_autoregressive_loss_is_plain_next_token_cross_entropy_with_a_causal_mask():
+    from llada_ds.diffusion import autoregressive_loss
+    from llada_ds.model import ModelConfig, build_model
+
+    # One layer: then position i of a bidirectional run on tokens 0..i is exactly causal position i
+    # (with more layers, earlier positions would have seen later tokens in the layer below).
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden_size=64,
+                      attention="sdpa")
+    model = build_model(cfg).eval()
+    tokens = tokens_ = torch.randint(0, V, (2, 10))
+    with torch.no_grad():
+        out = autoregressive_loss(model(tokens, causal=True), tokens)
+        # Reference: position i sees only tokens 0..i, so run the bidirectional model on each
+        # prefix and read its last position (no causal mask involved at all).
+        total = 0.0
+        for i in range(tokens_.shape[1] - 1):
+            logits = model(tokens_[:, : i + 1])[:, -1]
+            total += torch.nn.functional.cross_entropy(logits.double(), tokens_[:, i + 1], reduction="sum").item()
+    assert out.loss.item() == pytest.approx(total / (2 * 9), rel=1e-5)
+    assert int(out.n_masked) == 18
+    # Deeper: SDPA's is_causal and the eager backend's explicit triangular mask agree, and the
+    # first position never depends on later tokens.
+    deep = cfg.replace(n_layers=3)
+    sdpa, eager = build_model(deep).eval(), build_model(deep.replace(attention="eager")).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(eager(tokens, causal=True), sdpa(tokens, causal=True), rtol=1e-5, atol=1e-5)
+        changed = tokens.clone()
+        changed[:, 5:] = (changed[:, 5:] + 1) % V
+        torch.testing.assert_close(sdpa(changed, causal=True)[:, :5], sdpa(tokens, causal=True)[:, :5])

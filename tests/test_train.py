@@ -466,3 +466,13 @@ def test_export_from_a_universal_checkpoint_equals_export_from_zero_shards(recip
             outs[name].update(load_file(str(f)))
     assert outs["zero"].keys() == outs["universal"].keys()
     assert all(torch.equal(outs["zero"][k], outs["universal"][k]) for k in outs["zero"])
+
+
+@pytest.mark.timeout(300)
+def test_autoregressive_baseline_trains_with_the_same_loop(recipe, tmp_path):
+    run = tmp_path / "run"
+    torchrun(recipe, run, "--objective.kind=ar", "--train.steps=6", "--eval.samples=8", "--eval.every=0")
+    losses = step_losses(run)
+    assert sorted(losses) == list(range(6)) and losses[5] < losses[0]
+    vals = [json.loads(x)["val_loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
+    assert vals and vals[-1] < 9.0

@@ -164,3 +164,18 @@ def diffusion_loss(logits: torch.Tensor, batch: DiffusionBatch, n_buckets: int =
         bucket_loss = torch.zeros(n_buckets, dtype=ce.dtype, device=ce.device).index_add(0, bucket, normalised)
         bucket_count = torch.bincount(bucket, minlength=n_buckets)
     return DiffusionLoss(loss, batch.masked.sum(), n_correct, bucket_loss, bucket_count)
+
+
+def autoregressive_loss(logits: torch.Tensor, tokens: torch.Tensor) -> DiffusionLoss:
+    """Next-token cross-entropy of a causal model (the AR baseline): logits at i predict token i+1.
+
+    Averaged over all b * (l - 1) predicted positions; accuracy over the same positions. Returned
+    in the same container as the diffusion loss so that the loop logs both alike (no t-buckets).
+    """
+    pred, target = logits[:, :-1].float(), tokens[:, 1:]
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
+    with torch.no_grad():
+        n = torch.tensor(target.numel(), device=tokens.device)
+        correct = (pred.argmax(-1) == target).sum()
+        empty = torch.zeros(4, device=tokens.device)
+    return DiffusionLoss(ce, n, correct, empty, empty.long())

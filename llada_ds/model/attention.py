@@ -1,6 +1,7 @@
 """Non-causal attention kernels behind one interface.
 
-Every backend computes softmax(Q K^T / sqrt(d)) V with no causal mask. Tensors are laid out
+Every backend computes softmax(Q K^T / sqrt(d)) V with no causal mask (LLaDA), unless built with
+causal=True (the autoregressive baseline of the paper's comparisons). Tensors are laid out
 (batch, seq, heads, head_dim), flash-attn's native layout; keys and values may have fewer heads
 than queries (grouped-query attention: query head i reads key/value head i // (heads / kv_heads),
 the grouping flash-attn and SDPA's enable_gqa both use).
@@ -68,8 +69,16 @@ class EagerAttention:
 
     name = "eager"
 
-    def prepare(self, doc_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if doc_ids is None else block_diagonal_mask(doc_ids)
+    def __init__(self, causal: bool = False) -> None:
+        self.causal = causal
+
+    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None) -> Optional[torch.Tensor]:
+        mask = None if doc_ids is None else block_diagonal_mask(doc_ids)
+        if self.causal:
+            device = None if doc_ids is None else doc_ids.device
+            tril = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
+            mask = tril if mask is None else mask & tril
+        return mask
 
     def __call__(self, q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
         n_heads = q.shape[2]
@@ -78,7 +87,7 @@ class EagerAttention:
         vf = _expand_kv(v, n_heads).float().transpose(1, 2)
         scores = qf @ kf.transpose(-1, -2) / math.sqrt(q.shape[-1])
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = scores.masked_fill(~mask.to(scores.device), float("-inf"))
         out = torch.softmax(scores, dim=-1) @ vf
         return out.transpose(1, 2).to(q.dtype)
 
@@ -95,8 +104,17 @@ class SdpaAttention:
 
     name = "sdpa"
 
-    def prepare(self, doc_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if doc_ids is None else block_diagonal_mask(doc_ids)
+    def __init__(self, causal: bool = False) -> None:
+        self.causal = causal
+
+    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None) -> Optional[torch.Tensor]:
+        if doc_ids is None:
+            return None  # causal without documents: SDPA's is_causal, no mask tensor
+        mask = block_diagonal_mask(doc_ids)
+        if self.causal:
+            s = doc_ids.shape[1]
+            mask = mask & torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()[None, None]
+        return mask
 
     def __call__(self, q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
         native_gqa = k.shape[2] != q.shape[2] and mask is None and q.dtype in _FLASH_DTYPES
@@ -104,7 +122,7 @@ class SdpaAttention:
             k, v = _expand_kv(k, q.shape[2]), _expand_kv(v, q.shape[2])
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=mask, is_causal=False, enable_gqa=native_gqa,
+            attn_mask=mask, is_causal=self.causal and mask is None, enable_gqa=native_gqa,
         )
         return out.transpose(1, 2)
 
@@ -127,7 +145,9 @@ class FlashAttention:
 
     name = "flash"
 
-    def __init__(self, attn_func: Callable | None = None, varlen_func: Callable | None = None) -> None:
+    def __init__(self, attn_func: Callable | None = None, varlen_func: Callable | None = None,
+                 causal: bool = False) -> None:
+        self.causal = causal
         if attn_func is None or varlen_func is None:
             try:
                 from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -141,7 +161,7 @@ class FlashAttention:
         self._attn = attn_func
         self._varlen = varlen_func
 
-    def prepare(self, doc_ids: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, int]]:
+    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None) -> Optional[tuple[torch.Tensor, int]]:
         return None if doc_ids is None else cu_seqlens_from_doc_ids(doc_ids)
 
     def __call__(self, q, k, v, packed: Optional[tuple[torch.Tensor, int]]) -> torch.Tensor:
@@ -149,7 +169,7 @@ class FlashAttention:
             raise ValueError(f"flash-attn needs a head dimension that is a multiple of 8 and at most 256, "
                              f"got {q.shape[-1]}; use model.attention='sdpa'")
         if packed is None:
-            return self._attn(q, k, v, causal=False)
+            return self._attn(q, k, v, causal=self.causal)
         b, s, h, d = q.shape
         cu, max_len = packed
         # Packed documents cover every token, so flattening the batch is all the varlen kernel
@@ -157,26 +177,26 @@ class FlashAttention:
         out = self._varlen(
             q.reshape(b * s, h, d), k.reshape(b * s, k.shape[2], d), v.reshape(b * s, v.shape[2], d),
             cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len,
-            causal=False,
+            causal=self.causal,
         )
         return out.reshape(b, s, h, d)
 
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, causal: bool = False) -> Any:
     """The backend object for a config name; `auto` is flash-attn when it can run, else SDPA."""
     if name == "auto":
         use_flash = device.type == "cuda" and dtype in _FLASH_DTYPES and flash_attn_available()
-        return FlashAttention() if use_flash else SdpaAttention()
+        return FlashAttention(causal=causal) if use_flash else SdpaAttention(causal)
     if name == "flash":
         if device.type != "cuda" or dtype not in _FLASH_DTYPES:
             raise RuntimeError(
                 f"model.attention='flash' runs on CUDA in fp16/bf16, not on {device.type} in {dtype}; "
                 "use 'auto' to fall back to sdpa"
             )
-        return FlashAttention()
+        return FlashAttention(causal=causal)
     if name == "sdpa":
-        return SdpaAttention()
+        return SdpaAttention(causal)
     if name == "eager":
-        return EagerAttention()
+        return EagerAttention(causal)
     raise ValueError(f"unknown attention backend {name!r}")

@@ -138,6 +138,7 @@ class LLaDAModel(nn.Module):
         past: Optional[KVCache] = None,
         key_valid: Optional[torch.Tensor] = None,
         collect_kv: Optional[list] = None,
+        causal: bool = False,
     ) -> torch.Tensor:
         """Logits for every position, shape (batch, seq, vocab).
 
@@ -150,6 +151,8 @@ class LLaDAModel(nn.Module):
         positions that input_ids attend to as well (give position_ids for input_ids); key_valid
         (batch, seq) marks input_ids' real tokens when there is padding; collect_kv, a list,
         receives each layer's (keys, values) of input_ids. Not for training.
+        causal: a left-to-right mask instead of bidirectional attention (the autoregressive
+        baseline; LLaDA itself never sets it).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
@@ -161,12 +164,12 @@ class LLaDAModel(nn.Module):
         # Under autocast the projections produce the autocast dtype, not the weights' dtype:
         # the kernel choice must follow what q, k and v will be.
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else h.dtype
-        backend = resolve_backend(self.config.attention, device, dtype)
+        backend = resolve_backend(self.config.attention, device, dtype, causal)
         if past is None and key_valid is None:
-            prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device))
+            prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device), input_ids.shape[1])
         else:
-            if doc_ids is not None or backend.name == "flash":
-                raise ValueError("a key/value cache works with the sdpa or eager backend and no doc_ids")
+            if doc_ids is not None or backend.name == "flash" or causal:
+                raise ValueError("a key/value cache works with the sdpa or eager backend, bidirectional, no doc_ids")
             # Padding mask over the keys (cached ones first), the same for every query.
             b = input_ids.shape[0]
             new_valid = key_valid if key_valid is not None else torch.ones_like(input_ids, dtype=torch.bool)

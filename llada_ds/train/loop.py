@@ -33,7 +33,7 @@ from ..data.loader import DataState, DistributedBatches, WindowDataset
 from ..data.shards import ShardError, ShardIndex, ShardSet
 from ..data.storage import LocalStorage
 from ..data.tokenizer import Tokenizer
-from ..diffusion import NoiseConfig, diffusion_loss, pretrain_batch
+from ..diffusion import NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss, pretrain_batch
 from ..diffusion.noise import EVAL_STEP
 from ..model.sizing import count, train_flops_per_token
 from .checkpoint import (
@@ -75,7 +75,7 @@ class Trainer:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.ckpt_root = run_dir / "checkpoints"
         self.model_cfg = cfg.model.build()
-        if cfg.objective.kind != "pretrain":
+        if cfg.objective.kind == "sft":
             raise ConfigError("objective.kind=sft needs SFT data, which this trainer does not read yet")
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
         if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
@@ -210,12 +210,9 @@ class Trainer:
         local = np.zeros(4 + 2 * N_BUCKETS)  # loss sum, masked, correct, tokens, bucket losses, counts
         for i, mb in enumerate(micro_batches):
             docs = None if mb.doc_ids is None else mb.doc_ids.to(dist.device)
-            batch = pretrain_batch(mb.tokens.to(dist.device), mb.sample_indices, step, self.mask_id, self.noise,
-                                   doc_ids=docs, vocab_size=self.model_cfg.vocab_size)
-            logits = self.engine(batch.noisy, doc_ids=batch.doc_ids, logits_mask=batch.masked)
-            out = diffusion_loss(logits, batch, N_BUCKETS)
+            out, n_tokens = self._loss(mb.tokens.to(dist.device), mb.sample_indices, step, docs, self.noise)
             loss = out.loss * float("nan") if inject else out.loss
-            local[:4] += [loss.item(), out.n_masked.item(), out.n_correct.item(), batch.target.numel()]
+            local[:4] += [loss.item(), out.n_masked.item(), out.n_correct.item(), n_tokens]
             local[4:] += np.concatenate([out.bucket_loss.cpu().numpy(), out.bucket_count.cpu().numpy()])
             if i == len(micro_batches) - 1:
                 # Decide before the last backward whether this step may update the weights; the
@@ -240,6 +237,17 @@ class Trainer:
             "bucket_loss": totals[4 : 4 + N_BUCKETS], "bucket_count": totals[4 + N_BUCKETS : 4 + 2 * N_BUCKETS],
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         }
+
+    def _loss(self, tokens: torch.Tensor, indices: list[int], step: int, docs: Optional[torch.Tensor],
+              noise: NoiseConfig) -> tuple:
+        """(loss container, tokens processed) of one micro-batch, for the configured objective."""
+        if self.cfg.objective.kind == "ar":  # the autoregressive baseline: same model, causal mask
+            check_tokens(tokens, self.mask_id, self.model_cfg.vocab_size, indices)
+            return autoregressive_loss(self.engine(tokens, doc_ids=docs, causal=True), tokens), tokens.numel()
+        batch = pretrain_batch(tokens, indices, step, self.mask_id, noise, doc_ids=docs,
+                               vocab_size=self.model_cfg.vocab_size)
+        logits = self.engine(batch.noisy, doc_ids=batch.doc_ids, logits_mask=batch.masked)
+        return diffusion_loss(logits, batch, N_BUCKETS), batch.target.numel()
 
     def _bad_step_reason(self, mean_loss: float) -> Optional[str]:
         if not math.isfinite(mean_loss):
@@ -268,8 +276,7 @@ class Trainer:
         for start in range(0, n, per_round):
             idx = list(range(start + dist.rank * cfg.train.micro_batch, start + (dist.rank + 1) * cfg.train.micro_batch))
             tokens = torch.from_numpy(self.val_shards.read_windows(np.array(idx) * cfg.data.seq_len, cfg.data.seq_len))
-            batch = pretrain_batch(tokens.to(dist.device), idx, EVAL_STEP, self.mask_id, noise)
-            out = diffusion_loss(self.engine(batch.noisy, logits_mask=batch.masked), batch)
+            out, _ = self._loss(tokens.to(dist.device), idx, EVAL_STEP, None, noise)
             total += [out.loss.item() * len(idx), len(idx)]
         self.engine.train()
         s = all_reduce_sum(total.tolist(), dist.device)
