@@ -18,12 +18,23 @@ CFG = ModelConfig(vocab_size=V, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
 
 @pytest.fixture(scope="module")
 def model():
+    """A tiny model trained briefly on structured sequences, so that its predictions depend on
+    context (a random model predicts nearly the same token everywhere, which hides sampler bugs)."""
+    from llada_ds.diffusion import NoiseConfig, diffusion_loss, pretrain_batch
+
     torch.manual_seed(3)
-    m = build_model(CFG).eval()
-    # Sharper logits than at init, so that candidates and confidences are far from ties.
-    with torch.no_grad():
-        m.head.weight.mul_(20)
-    return m
+    m = build_model(CFG)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for step in range(60):
+        start = torch.randint(0, 50, (16, 1), generator=g)
+        x0 = (start + torch.arange(24) * torch.randint(1, 4, (16, 1), generator=g)) % 56  # arithmetic runs
+        batch = pretrain_batch(x0, range(16 * step, 16 * step + 16), step, TOK.mask, NoiseConfig(random_length_prob=0))
+        loss = diffusion_loss(m(batch.noisy, logits_mask=batch.masked), batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
 
 
 def reference_generate(model, prompt, cfg: SamplerConfig, gen: torch.Generator):
@@ -57,11 +68,15 @@ def reference_generate(model, prompt, cfg: SamplerConfig, gen: torch.Generator):
             else:
                 scores = logits
             cand = [int(scores[j].argmax()) for j in range(len(x))]
+            if cfg.eot_zero_confidence:
+                # The published sampler's effect: end-of-turn candidates get confidence 0, and at
+                # temperature 0 EOS candidates too.
+                logits[:, TOK.eot] = -math.inf
+                if cfg.temperature == 0:
+                    logits[:, TOK.eos] = -math.inf
             if cfg.remasking == "random":
                 conf = torch.rand((1, len(x)), generator=gen)[0].tolist()
             else:
-                if cfg.eot_zero_confidence:
-                    logits[:, TOK.eot] = -math.inf
                 probs = torch.softmax(logits, dim=-1)
                 conf = [float(probs[j, cand[j]]) for j in range(len(x))]
             eligible = [j for j in range(len(x)) if x[j] == TOK.mask and j < hi]
@@ -219,6 +234,49 @@ def test_cached_sampling_of_a_padded_batch_equals_each_prompt_alone(model, fast)
 def test_threshold_decoding_needs_fewer_forwards(model):
     cfg = SamplerConfig(gen_length=16, steps=16, block_length=8)
     _, exact_forwards = generate_fast(model, PROMPTS, cfg, TOK, FastConfig("none"))
-    out, fewer = generate_fast(model, PROMPTS, cfg, TOK, FastConfig("dual", threshold=0.3))
+    out, fewer = generate_fast(model, PROMPTS, cfg, TOK, FastConfig("dual", threshold=0.05))
     assert fewer < exact_forwards and out.shape == (3, 16)
     assert not (out == TOK.mask).all(dim=1).any()
+
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_steps_feed_the_right_positions_and_cached_keys(model, mode):
+    calls = []
+    original = model.forward
+
+    def spy(input_ids, **kw):
+        past = kw.get("past")
+        calls.append((input_ids.shape[1], None if kw.get("position_ids") is None else kw["position_ids"].tolist(),
+                      None if past is None else past.keys[0].shape[1]))
+        return original(input_ids, **kw)
+
+    model.forward = spy
+    try:
+        generate_fast(model, [[5, 9, 13, 2, 7]], SamplerConfig(gen_length=12, steps=12, block_length=4), TOK,
+                      FastConfig(mode))
+    finally:
+        del model.forward
+    total = 5 + 12
+    expected = []
+    for k in range(3):
+        start, end = 5 + 4 * k, 5 + 4 * (k + 1)
+        expected.append((total, None, None))  # the block's first step: the whole canvas, keys collected
+        q0, q1 = (start, total) if mode == "prefix" else (start, end)
+        expected += [(q1 - q0, list(range(q0, q1)), total - (q1 - q0))] * 3
+    assert calls == expected
+
+
+def test_fast_sampler_terminates_when_the_model_predicts_the_mask(model):
+    with torch.no_grad():
+        bias = torch.zeros(V)
+        bias[TOK.mask] = 1e4
+        saved = model.head.weight.clone()
+        model.head.weight.add_(bias[:, None])  # every position now predicts the mask id
+    try:
+        for fast in (FastConfig("none"), FastConfig("dual", threshold=0.5)):
+            out, _ = generate_fast(model, [[5, 9]], SamplerConfig(gen_length=8, steps=8), TOK, fast)
+            assert out.shape == (1, 8)
+    finally:
+        with torch.no_grad():
+            model.head.weight.copy_(saved)

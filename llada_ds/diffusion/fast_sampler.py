@@ -12,7 +12,9 @@ cache="none" with no threshold is the exact sampler's algorithm at temperature 0
 
 Batches with different prompt lengths are left-padded; the padding is masked out of every
 attention, cached keys included (each cached key carries its validity), so every row of a batch
-gets what it would get alone. Classifier-free guidance is only available without a cache.
+gets what it would get alone. Classifier-free guidance is only available without a cache. Only
+the generated span is decoded (mask tokens placed inside a prompt stay as they are, whereas the
+exact sampler may fill them). Runs on SDPA or the eager kernel (auto/flash switch to SDPA).
 """
 
 from __future__ import annotations
@@ -48,8 +50,15 @@ def generate_fast(model: LLaDAModel, prompts: Sequence[Sequence[int]] | torch.Te
         raise TypeError("the fast sampler needs llada_ds's model (it reads and feeds its key/value cache)")
     if cfg.cfg_scale > 0 and fast.cache != "none":
         raise ValueError("classifier-free guidance is not supported with a key/value cache; use cache='none'")
-    if model.config.attention == "flash":
-        raise ValueError("the fast sampler needs model.attention sdpa or eager (masked cached keys)")
+    if model.config.attention in ("auto", "flash"):
+        # Cached keys need a key mask, which flash-attn (what auto picks on GPUs) cannot take: run
+        # this call on SDPA and give the model its own setting back afterwards.
+        original = model.config
+        model.config = original.replace(attention="sdpa")
+        try:
+            return generate_fast(model, prompts, cfg, tokens, fast, on_step)
+        finally:
+            model.config = original
     block, n_blocks, steps_per_block = cfg.blocks()
     device = next(model.parameters()).device
     if torch.is_tensor(prompts):
@@ -69,7 +78,8 @@ def generate_fast(model: LLaDAModel, prompts: Sequence[Sequence[int]] | torch.Te
         counts = reveal_counts(x[:, start:end] == tokens.mask, steps_per_block)
         cache, q0, q1 = None, 0, total
         i = 0
-        while bool((x[:, start:end] == tokens.mask).any()):
+        # Count mode runs exactly the exact sampler's steps; threshold mode until the block is full.
+        while (i < steps_per_block) if fast.threshold is None else bool((x[:, start:end] == tokens.mask).any()):
             if cache is None:
                 collect = [] if fast.cache != "none" else None
                 logits = _full_logits(model, x, valid, cfg, tokens, collect)
@@ -90,12 +100,17 @@ def generate_fast(model: LLaDAModel, prompts: Sequence[Sequence[int]] | torch.Te
                 cache = None  # recompute everything at every step
             if cfg.forbid_eos:
                 logits[:, :, tokens.eos] = -torch.inf
+            if fast.threshold is not None:
+                # Threshold mode loops until the block is full: a "mask" candidate would never fill it.
+                logits[:, :, tokens.mask] = -torch.inf
             current = x[:, start:end]
             masked = current == tokens.mask
-            x0 = add_gumbel_noise(logits, cfg.temperature, gen).argmax(dim=-1)
+            noisy = add_gumbel_noise(logits, cfg.temperature, gen)
+            x0 = noisy.argmax(dim=-1)
+            if cfg.eot_zero_confidence:  # as the exact sampler (and the published one)
+                noisy[:, :, tokens.eos] = -torch.inf
+                logits[:, :, tokens.eot] = -torch.inf
             if cfg.remasking == "low_confidence":
-                if cfg.eot_zero_confidence:
-                    logits[:, :, tokens.eot] = -torch.inf
                 conf = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
             else:
                 conf = torch.rand(x0.shape, device=device, generator=gen)
@@ -107,8 +122,7 @@ def generate_fast(model: LLaDAModel, prompts: Sequence[Sequence[int]] | torch.Te
                 if left == 0:
                     continue
                 if fast.threshold is None:
-                    n = int(counts[j, i]) if i < steps_per_block else left
-                    reveal[j, torch.topk(conf[j], n).indices] = True
+                    reveal[j, torch.topk(conf[j], int(counts[j, i])).indices] = True
                 else:
                     above = conf[j] > fast.threshold
                     if not bool(above.any()):

@@ -9,7 +9,8 @@ x0 = argmax of the logits (temperature 0) or of exp(logits) / (-log u)^T with u 
 float64 (temperature T); confidence = softmax probability of the chosen token ("low_confidence")
 or a uniform draw ("random"); positions after the current block never qualify; the k most
 confident still-masked positions are revealed. EOS controls: forbid EOS in the logits, or give
-end-of-turn zero confidence.
+end-of-turn zero confidence (exactly as the published code does it, which at temperature 0 also
+zeroes EOS's confidence).
 
 Batches of prompts of different lengths are left-padded with a padding id that must differ from
 the mask id; padding is its own attention segment, so real tokens never see it (bidirectional).
@@ -143,10 +144,15 @@ def generate(model_or_fn, prompts: Sequence[Sequence[int]] | torch.Tensor, cfg: 
                 logits = fn(x, valid)
             if cfg.forbid_eos:
                 logits[:, :, tokens.eos] = -torch.inf
-            x0 = add_gumbel_noise(logits, cfg.temperature, gen).argmax(dim=-1)
+            noisy = add_gumbel_noise(logits, cfg.temperature, gen)
+            x0 = noisy.argmax(dim=-1)
+            if cfg.eot_zero_confidence:
+                # As the published sampler: noisy[EOS] and logits[EOT] go to -inf. At temperature 0
+                # noisy *is* logits, so EOS and end-of-turn both get zero confidence; at T > 0 only
+                # end-of-turn does.
+                noisy[:, :, tokens.eos] = -torch.inf
+                logits[:, :, tokens.eot] = -torch.inf
             if cfg.remasking == "low_confidence":
-                if cfg.eot_zero_confidence:
-                    logits[:, :, tokens.eot] = -torch.inf
                 p = F.softmax(logits, dim=-1)  # in the logits' dtype, as the published sampler
                 conf = torch.gather(p, -1, x0[..., None]).squeeze(-1)
             else:
