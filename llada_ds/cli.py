@@ -82,7 +82,7 @@ def _load_for_sampling(args: argparse.Namespace):
     from .diffusion.sampler import SamplerConfig, SpecialTokens
     from .inference import load_for_inference
 
-    loaded = load_for_inference(args.model, args.tokenizer)
+    loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     sp = tokenizer.special
     tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
@@ -163,10 +163,16 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp32", "fp16"], help="default: bf16 on cuda, fp32 on cpu")
+
+
 def _add_sampler_args(p: argparse.ArgumentParser, gen_length: int) -> None:
     p.add_argument("--model", required=True,
                    help="a run directory, a checkpoint directory, or a Hugging Face folder in LLaDA's layout")
     p.add_argument("--tokenizer", default=None, help="default: the one in the run's config")
+    _add_device_args(p)
     p.add_argument("--gen-length", type=int, default=gen_length)
     p.add_argument("--steps", type=int, default=None, help="default: gen-length")
     p.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
@@ -186,7 +192,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import multiple_choice, validation_elbo
     from .inference import load_for_inference
 
-    loaded = load_for_inference(args.model, args.tokenizer)
+    loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
     model, tokenizer, data = loaded.model, loaded.tokenizer, loaded.data or {}
     shards = args.shards or data.get("validation")
     if args.multiple_choice is None and not shards:
@@ -197,7 +203,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"validation loss (ELBO bound, nats/token) {loss:.4f} on up to {args.samples} windows of "
               f"{seq_len} from {shards}")
     if args.multiple_choice:
-        r = multiple_choice(model, tokenizer, args.multiple_choice, args.mc_num, min(args.mc_num, 16))
+        batch = max(d for d in range(1, 17) if args.mc_num % d == 0)  # mc_num must split into batches
+        r = multiple_choice(model, tokenizer, args.multiple_choice, args.mc_num, batch)
         print(f"multiple-choice accuracy {r['accuracy']:.4f} on {r['n']} questions from {args.multiple_choice} "
               f"(Monte Carlo likelihood, mc_num {args.mc_num})")
     return 0
@@ -297,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True,
                     help="a run directory, a checkpoint directory, or a Hugging Face folder in LLaDA's layout")
     ev.add_argument("--tokenizer", default=None)
+    _add_device_args(ev)
     ev.add_argument("--shards", default=None, help="default: the run's validation split")
     ev.add_argument("--samples", type=int, default=256, help="validation windows")
     ev.add_argument("--seq-len", type=int, default=None)

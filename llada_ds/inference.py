@@ -25,8 +25,22 @@ class LoadedModel:
     data: Optional[dict] = None  # the run's data config, for checkpoints
 
 
-def load_for_inference(path: str | Path, tokenizer: Optional[str] = None) -> LoadedModel:
-    path = Path(path)
+def load_for_inference(path: str | Path, tokenizer: Optional[str] = None, device: Optional[str] = None,
+                       dtype: Optional[str] = None) -> LoadedModel:
+    """device: default cuda when available, else cpu; dtype: bf16 | fp32 (default bf16 on cuda)."""
+    loaded = _load(Path(path), tokenizer)
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(dtypes)}")
+    loaded.model = loaded.model.to(device=dev, dtype=dtypes[name]).eval()
+    return loaded
+
+
+def _load(path: Path, tokenizer: Optional[str]) -> LoadedModel:
     if (path / "config.json").is_file():
         from .hf.adapter import load_llada_folder
 

@@ -1,7 +1,7 @@
 """lm-evaluation-harness support: the `llada-ds` model type.
 
     python -m llada_ds.lm_eval_harness run --model llada-ds \\
-        --model_args model=runs/demo/train,mc_num=32,gen_length=64,block_length=32 \\
+        --model_args model=runs/demo/train,mc_num=32,gen_length=64,block_length=32[,device=cuda,dtype=bf16] \\
         --tasks TASKS [--include_path DIR] [other lm-eval options]
 
 This imports the adapter (registering the model type) and hands the command line to lm-eval.
@@ -36,9 +36,12 @@ class LLaDAHarnessModel(LM):
     def __init__(self, model: str, tokenizer: str | None = None, mc_num: int = 32, mc_batch: int = 16,
                  gen_length: int = 64, steps: int | None = None, block_length: int | None = None,
                  cfg_scale: float = 0.0, fast: bool = False, cache: str = "dual", threshold: float | None = None,
-                 seed: int = 0, **_: object) -> None:
+                 seed: int = 0, device: str | None = None, dtype: str | None = None, **_: object) -> None:
+        # lm-eval also passes batch_size / max_batch_size: requests are scored one at a time here.
         super().__init__()
-        loaded = load_for_inference(model, tokenizer)
+        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = None  # lm-eval's own default is "cuda": on a CPU-only machine take the CPU
+        loaded = load_for_inference(model, tokenizer, device, dtype)
         self.model, self.tok = loaded.model, loaded.tokenizer
         sp = self.tok.special
         self.special = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
@@ -50,14 +53,25 @@ class LLaDAHarnessModel(LM):
         self.fast = FastConfig(cache, float(threshold) if threshold not in (None, "None") else None) \
             if _bool(fast) else None
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """As lm-eval's and LLaDA's evaluation code: trailing spaces of the context move to the
+        continuation, the pair is encoded together and split where the context's encoding ends."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation = context[-spaces:] + continuation
+            context = context[:-spaces]
+        whole = self.tok.encode(context + continuation)
+        ctx = self.tok.encode(context)
+        return ctx, whole[len(ctx):]
+
     def _score(self, context: str, continuation: str) -> tuple[float, bool]:
-        ctx, cont = self.tok.encode(context), self.tok.encode(continuation)
+        ctx, cont = self._encode_pair(context, continuation)
         if not cont:
             return 0.0, True
         ll = log_likelihood(self.model, ctx, cont, self.special.mask, self.mc_num, self.mc_batch, self.cfg_scale,
                             self.seed)
         with torch.no_grad():
-            x = torch.tensor([ctx + [self.special.mask] * len(cont)])
+            x = torch.tensor([ctx + [self.special.mask] * len(cont)], device=next(self.model.parameters()).device)
             greedy = self.model(x)[0, len(ctx):].argmax(-1).tolist() == cont
         return ll, greedy
 

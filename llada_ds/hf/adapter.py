@@ -87,6 +87,8 @@ def model_config_from_llada(conf: dict, where: str = "config.json") -> ModelConf
         )
     except KeyError as exc:
         raise ConfigError(f"{where}: missing the LLaDA config key {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: a LLaDA config value is not a number ({exc})") from None
 
 
 def read_weights(folder: Path) -> dict:
@@ -108,8 +110,9 @@ def read_weights(folder: Path) -> dict:
     raise ConfigError(f"{folder}: no weights (model.safetensors or model.safetensors.index.json)")
 
 
-def load_llada_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[LLaDAModel, dict]:
-    """Our model with the weights of a released-format folder; (model, its config.json)."""
+def load_llada_folder(folder: str | Path, dtype: torch.dtype | None = torch.float32) -> tuple[LLaDAModel, dict]:
+    """Our model with the weights of a released-format folder; (model, its config.json).
+    dtype None keeps the stored dtype."""
     folder = Path(folder)
     conf_path = folder / "config.json"
     if not conf_path.is_file():
@@ -132,7 +135,7 @@ def load_llada_folder(folder: str | Path, dtype: torch.dtype = torch.float32) ->
     if missing or unexpected or wrong:
         raise ConfigError(f"{folder}: weights do not fit the config: missing {missing[:6]}, unexpected "
                           f"{unexpected[:6]}, wrong shape {wrong[:6]}")
-    model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, assign=True)
+    model.load_state_dict({k: v if dtype is None else v.to(dtype) for k, v in ours.items()}, assign=True)
     return model.eval(), conf
 
 
@@ -156,9 +159,7 @@ def import_llada_folder(folder: str | Path, out_dir: str | Path) -> Path:
     if conf is None:
         raise ConfigError(f"{folder}: no config.json")
     cfg = model_config_from_llada(conf, str(folder / "config.json"))
-    theirs = read_weights(folder)
-    dtype = next(iter(theirs.values())).dtype
-    model, _ = load_llada_folder(folder, dtype)  # checks names and shapes, naming what is wrong
+    model, _ = load_llada_folder(folder, None)  # checks names and shapes, naming what is wrong
     tok_dir = out / "tokenizer"
     tok_dir.mkdir(parents=True, exist_ok=True)
     for f in folder.iterdir():
