@@ -231,6 +231,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sft_data(args: argparse.Namespace) -> int:
+    from .data.sft import build_sft_cache
+
+    counts = build_sft_cache(args.input, args.tokenizer, args.out, args.val_fraction, args.split_seed, args.max_len)
+    print(", ".join(f"{split}: {n:,} (history, answer) pairs" for split, n in counts.items()) + f" in {args.out}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .train.launch import launch
 
@@ -323,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--private", action="store_true")
     exp.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     exp.set_defaults(func=_cmd_export)
+
+    sft = sub.add_parser("sft-data", help="tokenize conversations ({messages: [...]}) into SFT train/validation caches")
+    sft.add_argument("--input", nargs="+", required=True)
+    sft.add_argument("--tokenizer", required=True)
+    sft.add_argument("--out", required=True)
+    sft.add_argument("--val-fraction", type=float, default=0.02)
+    sft.add_argument("--split-seed", type=int, default=0)
+    sft.add_argument("--max-len", type=int, default=4096)
+    sft.set_defaults(func=_cmd_sft_data)
 
     imp = sub.add_parser("import", help="a Hugging Face folder in LLaDA's released layout -> a llada-ds checkpoint")
     imp.add_argument("hf_dir")

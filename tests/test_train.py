@@ -476,3 +476,27 @@ def test_autoregressive_baseline_trains_with_the_same_loop(recipe, tmp_path):
     assert sorted(losses) == list(range(6)) and losses[5] < losses[0]
     vals = [json.loads(x)["val_loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
     assert vals and vals[-1] < 9.0
+
+
+@pytest.mark.timeout(500)
+def test_sft_training_is_the_same_on_one_and_two_ranks(recipe, sp_tokenizer, tmp_path):
+    from test_sft import dialogues
+
+    from llada_ds.data.sft import build_sft_cache
+
+    convs = tmp_path / "convs.jsonl"
+    convs.write_text("".join(json.dumps(d) + "\n" for d in dialogues(60)))
+    build_sft_cache([str(convs)], str(sp_tokenizer), str(tmp_path / "sft"), val_fraction=0.2, split_seed=1)
+    args = ["--objective.kind=sft", f"--data.train={tmp_path / 'sft' / 'train'}",
+            f"--data.validation={tmp_path / 'sft' / 'validation'}", "--data.seq_len=256", "--train.steps=6",
+            "--eval.samples=8",
+            "--eval.every=3", "--checkpoint.every=0"]
+    torchrun(recipe, tmp_path / "one", *args, nproc=1)
+    res = torchrun(recipe, tmp_path / "two", *args)
+    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert sorted(one) == list(range(6))
+    for s in one:
+        assert two[s] == pytest.approx(one[s], rel=1e-5)
+    assert "padding" in res.stdout and "validation loss" in res.stdout
+    records = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["padding_share"] < 1 for r in records if "loss" in r)

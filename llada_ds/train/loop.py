@@ -33,7 +33,7 @@ from ..data.loader import DataState, DistributedBatches, WindowDataset
 from ..data.shards import ShardError, ShardIndex, ShardSet
 from ..data.storage import LocalStorage
 from ..data.tokenizer import Tokenizer
-from ..diffusion import NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss, pretrain_batch
+from ..diffusion import NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss, pretrain_batch, sft_batch
 from ..diffusion.noise import EVAL_STEP
 from ..model.sizing import count, train_flops_per_token
 from .checkpoint import (
@@ -75,18 +75,27 @@ class Trainer:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.ckpt_root = run_dir / "checkpoints"
         self.model_cfg = cfg.model.build()
-        if cfg.objective.kind == "sft":
-            raise ConfigError("objective.kind=sft needs SFT data, which this trainer does not read yet")
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
         if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
             raise ConfigError(f"tokenizer {cfg.data.tokenizer} has {self.tokenizer.vocab_size} tokens, more than "
                               f"model.vocab_size={self.model_cfg.vocab_size}")
         self.mask_id = self.tokenizer.special.mask
-        self.train_shards = _open_shards(cfg.data.train, cfg, self.tokenizer, dist)
-        self.val_shards = _open_shards(cfg.data.validation, cfg, self.tokenizer, dist) if cfg.data.validation else None
-        dataset = WindowDataset(self.train_shards, cfg.data.seq_len, cfg.data.seed)
-        self.batches = DistributedBatches(dataset, cfg.train.global_batch, cfg.train.micro_batch, dist.rank,
-                                          dist.world, cfg.data.document_masking)
+        self.val_shards = self.val_sft = None
+        if cfg.objective.kind == "sft":  # conversations cached by `llada-ds sft-data`
+            from ..data.sft import SFTBatches, SFTData
+
+            train = SFTData(cfg.data.train, self.tokenizer.fingerprint, cfg.data.verify)
+            self.batches = SFTBatches(train, cfg.train.global_batch, cfg.train.micro_batch, cfg.data.seed,
+                                      cfg.data.seq_len, dist.rank, dist.world)
+            if cfg.data.validation:
+                self.val_sft = SFTData(cfg.data.validation, self.tokenizer.fingerprint, cfg.data.verify)
+        else:
+            self.train_shards = _open_shards(cfg.data.train, cfg, self.tokenizer, dist)
+            if cfg.data.validation:
+                self.val_shards = _open_shards(cfg.data.validation, cfg, self.tokenizer, dist)
+            dataset = WindowDataset(self.train_shards, cfg.data.seq_len, cfg.data.seed)
+            self.batches = DistributedBatches(dataset, cfg.train.global_batch, cfg.train.micro_batch, dist.rank,
+                                              dist.world, cfg.data.document_masking)
         self.noise = NoiseConfig(cfg.objective.noise_seed, cfg.objective.eps, cfg.objective.random_length_prob)
         self.ds_config = fill_ds_config(ds_config, cfg, dist.world)
         self.engine, self.model = build_engine(cfg, self.model_cfg, self.ds_config, dist)
@@ -208,16 +217,21 @@ class Trainer:
             self._injected.add(step)
         reason: Optional[str] = None
         local = np.zeros(4 + 2 * N_BUCKETS)  # loss sum, masked, correct, tokens, bucket losses, counts
+        padding = 0
         for i, mb in enumerate(micro_batches):
             docs = None if mb.doc_ids is None else mb.doc_ids.to(dist.device)
-            out, n_tokens = self._loss(mb.tokens.to(dist.device), mb.sample_indices, step, docs, self.noise)
+            prompts = getattr(mb, "prompt_lengths", None)
+            padding += getattr(mb, "padding", 0)
+            out, n_tokens = self._loss(mb.tokens.to(dist.device), mb.sample_indices, step, docs, self.noise,
+                                       None if prompts is None else prompts.to(dist.device))
             loss = out.loss * float("nan") if inject else out.loss
             local[:4] += [loss.item(), out.n_masked.item(), out.n_correct.item(), n_tokens]
             local[4:] += np.concatenate([out.bucket_loss.cpu().numpy(), out.bucket_count.cpu().numpy()])
             if i == len(micro_batches) - 1:
                 # Decide before the last backward whether this step may update the weights; the
                 # same all-reduce carries the stop request so that all ranks agree on both.
-                totals = np.array(all_reduce_sum(local.tolist() + [float(self._stop_signal is not None)], dist.device))
+                totals = np.array(all_reduce_sum(local.tolist() + [float(padding), float(self._stop_signal is not None)],
+                                                 dist.device))
                 mean_loss = totals[0] / (len(micro_batches) * dist.world)
                 reason = self._bad_step_reason(mean_loss)
                 if reason:
@@ -236,11 +250,17 @@ class Trainer:
             "masked": totals[1], "correct": totals[2], "tokens": totals[3],
             "bucket_loss": totals[4 : 4 + N_BUCKETS], "bucket_count": totals[4 + N_BUCKETS : 4 + 2 * N_BUCKETS],
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "padding": totals[-2],
         }
 
     def _loss(self, tokens: torch.Tensor, indices: list[int], step: int, docs: Optional[torch.Tensor],
-              noise: NoiseConfig) -> tuple:
+              noise: NoiseConfig, prompt_lengths: Optional[torch.Tensor] = None) -> tuple:
         """(loss container, tokens processed) of one micro-batch, for the configured objective."""
+        if self.cfg.objective.kind == "sft":
+            batch = sft_batch(tokens, prompt_lengths, indices, step, self.mask_id, noise,
+                              vocab_size=self.model_cfg.vocab_size)
+            logits = self.engine(batch.noisy, logits_mask=batch.masked)
+            return diffusion_loss(logits, batch, N_BUCKETS), batch.target.numel()
         if self.cfg.objective.kind == "ar":  # the autoregressive baseline: same model, causal mask
             check_tokens(tokens, self.mask_id, self.model_cfg.vocab_size, indices)
             return autoregressive_loss(self.engine(tokens, doc_ids=docs, causal=True), tokens), tokens.numel()
@@ -262,9 +282,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> Optional[float]:
         """Validation loss (the pre-training objective, an ELBO bound) on fixed windows and noise."""
+        cfg, dist = self.cfg, self.dist
+        if self.val_sft is not None:
+            return self._evaluate_sft()
         if self.val_shards is None:
             return None
-        cfg, dist = self.cfg, self.dist
         per_round = dist.world * cfg.train.micro_batch
         n_windows = self.val_shards.total_tokens // cfg.data.seq_len
         n = min(cfg.eval.samples, n_windows) // per_round * per_round  # equal forwards on every rank
@@ -278,6 +300,32 @@ class Trainer:
             tokens = torch.from_numpy(self.val_shards.read_windows(np.array(idx) * cfg.data.seq_len, cfg.data.seq_len))
             out, _ = self._loss(tokens.to(dist.device), idx, EVAL_STEP, None, noise)
             total += [out.loss.item() * len(idx), len(idx)]
+        self.engine.train()
+        s = all_reduce_sum(total.tolist(), dist.device)
+        return s[0] / s[1]
+
+    @torch.no_grad()
+    def _evaluate_sft(self) -> Optional[float]:
+        """SFT loss on the first validation pairs, bucketed by length, fixed noise."""
+        cfg, dist, data = self.cfg, self.dist, self.val_sft
+        m = cfg.train.micro_batch
+        n = min(cfg.eval.samples, len(data.table)) // (dist.world * m) * (dist.world * m)
+        if n == 0:
+            return None
+        rows = sorted(range(n), key=lambda r: (int(data.table[r, 3]), r))
+        chunks = [rows[i : i + m] for i in range(0, n, m)][dist.rank :: dist.world]
+        noise = NoiseConfig(self.noise.seed, self.noise.eps, random_length_prob=0.0)
+        self.engine.eval()
+        total = np.zeros(2)
+        for chunk in chunks:
+            samples = [data.sample(r) for r in chunk]
+            longest = min(max(len(t) for t, _ in samples), cfg.data.seq_len)
+            tokens = torch.full((len(chunk), longest), data.eos, dtype=torch.long)
+            for j, (t, _) in enumerate(samples):
+                tokens[j, : min(len(t), longest)] = torch.from_numpy(t[:longest])
+            prompts = torch.tensor([p for _, p in samples], device=dist.device)
+            out, _ = self._loss(tokens.to(dist.device), chunk, EVAL_STEP, None, noise, prompts)
+            total += [out.loss.item() * len(chunk), len(chunk)]
         self.engine.train()
         s = all_reduce_sum(total.tolist(), dist.device)
         return s[0] / s[1]
@@ -327,6 +375,7 @@ class Trainer:
             self.step = step + 1
             self.tokens_seen += int(r["tokens"])
             window["tokens"] += r["tokens"]
+            window["padding"] += r["padding"]
             if not r["reason"]:
                 window["good"] += 1
                 window["loss"] += r["loss"]
@@ -337,15 +386,19 @@ class Trainer:
                       "samples_seen": self.step * cfg.train.global_batch, "grad_norm": r["grad_norm"],
                       "tokens_per_s": window["tokens"] / max(elapsed, 1e-9), "masked_acc": r["correct"] / max(r["masked"], 1),
                       "skipped": bool(r["reason"]), "lr_scale": self.lr_scale}
+            if cfg.objective.kind == "sft":  # EOS padding beyond each answer, as a share of the tokens
+                record["padding_share"] = r["padding"] / max(r["tokens"], 1)
             counts = r["bucket_count"]
             for k in range(N_BUCKETS):
                 if counts[k]:
                     record[f"loss_t{k}"] = r["bucket_loss"][k] / counts[k]
             self.monitor.step(record)
             if self.step % cfg.log.every == 0 or self.step == cfg.train.steps:
+                pad = f" | padding {100 * window['padding'] / max(window['tokens'], 1):.1f}%" \
+                    if cfg.objective.kind == "sft" else ""
                 self.monitor.print(self.monitor.interval_line(
                     step, window["loss"] / max(window["good"], 1), window["acc"][0] / max(window["acc"][1], 1),
-                    r["lr"], window["tokens"], elapsed, memory_gib(self.dist.device)))
+                    r["lr"], window["tokens"], elapsed, memory_gib(self.dist.device), pad))
                 window = self._new_window()
             if bad_in_a_row >= cfg.recovery.max_bad_steps:
                 self._recover()
@@ -375,7 +428,7 @@ class Trainer:
 
     @staticmethod
     def _new_window() -> dict:
-        return {"loss": 0.0, "acc": [0.0, 0.0], "tokens": 0.0, "good": 0, "start": time.perf_counter()}
+        return {"loss": 0.0, "acc": [0.0, 0.0], "tokens": 0.0, "padding": 0.0, "good": 0, "start": time.perf_counter()}
 
     def _log_eval(self) -> None:
         loss = self.evaluate()

@@ -1,0 +1,199 @@
+"""Instruction-tuning (SFT) data: conversations -> cached token shards -> exact, bucketed batches.
+
+Input: jsonl (or json / parquet / a saved `datasets` dataset) records with
+`{"messages": [{"role": ..., "content": ...}, ...]}`. A dialogue with n assistant turns gives n
+(history, answer) pairs; the prompt is the chat template of the history plus the assistant header,
+the answer is the assistant's text followed by end-of-turn. Each epoch uses one pair per dialogue,
+chosen by a keyed hash of (seed, epoch, dialogue), so the order stays a pure function of the seed
+and the global sample index.
+
+Cache (`llada-ds sft-data`): per split, a shard set of the same format as pre-training (the pairs'
+tokens, prompt then answer, one "document" each) plus `pairs.npy`, an int64 table of
+(dialogue, token offset, prompt length, total length) per pair, its checksum in `sft.json`.
+
+Batches: the B samples of a global batch are sorted by length and cut into micro-batches of m, so
+similar lengths share a micro-batch (little EOS padding); rank r of W takes micro-batches r, r+W,
+... The micro-batches themselves do not depend on W, so neither do the losses: LLaDA's SFT loss
+normalises by each sample's answer length including its EOS padding, which depends on its
+micro-batch. Each micro-batch is padded with EOS to its longest sample (the padding is trained on,
+as the spec says).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..keys import noise_key
+from .chat import encode_chat
+from .loader import DataState, DataStateError
+from .order import shuffled
+from .shards import ShardError, ShardSet, TokenizerInfo, write_index, write_shard
+from .storage import LocalStorage
+from .tokenizer import Tokenizer
+
+PAIRS = "pairs.npy"
+META = "sft.json"
+STREAM_SFT_PAIR = 33
+
+
+def pairs_of(messages: list[dict]) -> list[tuple[list[dict], str]]:
+    """(history, answer) for every assistant turn."""
+    return [(messages[:i], m["content"]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def read_dialogues(files: list[str]) -> Iterator[list[dict]]:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    from .build import _builder_for, resolve_inputs
+
+    datasets.disable_progress_bars()
+    for path in resolve_inputs(files):
+        if Path(path).is_dir():
+            stream = datasets.load_from_disk(path).to_iterable_dataset()
+        else:
+            stream = datasets.load_dataset(_builder_for(path), data_files=[path], split="train", streaming=True)
+        for i, record in enumerate(stream):
+            if "messages" not in record:
+                raise ValueError(f"{path}: record {i} has no 'messages' (fields: {', '.join(record)})")
+            yield record["messages"]
+
+
+def build_sft_cache(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: float = 0.02,
+                    split_seed: int = 0, max_len: int = 4096) -> dict[str, int]:
+    """Tokenize conversations once into train/validation SFT caches; returns pairs per split."""
+    tok = Tokenizer.load(tokenizer_dir)
+    eot = tok.special.eot
+    rows = {"train": [], "validation": []}
+    tokens = {"train": [], "validation": []}
+    counts = {"train": 0, "validation": 0}
+    for d, messages in enumerate(read_dialogues(inputs)):
+        split = "validation" if noise_key(split_seed, 32, 0, d) < val_fraction * 2**64 else "train"
+        for history, answer in pairs_of(messages):
+            prompt = encode_chat(tok, history, add_generation_prompt=True)
+            full = prompt + tok.encode(answer) + [eot]
+            if len(full) > max_len:
+                raise ValueError(f"dialogue {d}: a pair of {len(full)} tokens exceeds max_len={max_len}")
+            rows[split].append((d, counts[split], len(prompt), len(full)))  # dialogue, offset, prompt, length
+            tokens[split].append(np.asarray(full, dtype=np.uint32))
+            counts[split] += len(full)
+    out = Path(out_dir)
+    info = TokenizerInfo(tok.fingerprint, tok.vocab_size, tok.special.eos)
+    result = {}
+    for split in ("train", "validation"):
+        if not rows[split]:
+            raise ValueError(f"SFT split {split} received no pairs (val_fraction {val_fraction})")
+        storage = LocalStorage(out / split)
+        table = np.asarray(rows[split], dtype=np.int64)
+        shard = write_shard(storage, 0, np.concatenate(tokens[split]), len(rows[split]))
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, table)
+        storage.write_atomic(PAIRS, buf.getvalue())
+        storage.write_atomic(META, (json.dumps({"kind": "sft", "pairs": len(table), "dialogues":
+                                                int(len(np.unique(table[:, 0]))),
+                                                "pairs_sha256": hashlib.sha256(buf.getvalue()).hexdigest()})
+                                    + "\n").encode())
+        write_index(storage, info, [shard])
+        result[split] = len(table)
+    return result
+
+
+class SFTData:
+    """One split of an SFT cache: pairs grouped by dialogue, read from the token shards."""
+
+    def __init__(self, path: str, tokenizer_fingerprint: Optional[str] = None, verify: str = "full") -> None:
+        self.storage = LocalStorage(path)
+        self.shards = ShardSet(self.storage, verify=verify, tokenizer_fingerprint=tokenizer_fingerprint)
+        if not self.storage.exists(META):
+            raise ShardError(f"{self.storage.describe(META)}: not an SFT cache (build it with llada-ds sft-data)")
+        meta = json.loads(self.storage.read_bytes(META))
+        raw = self.storage.read_bytes(PAIRS)
+        if hashlib.sha256(raw).hexdigest() != meta["pairs_sha256"]:
+            raise ShardError(f"{self.storage.describe(PAIRS)}: checksum mismatch")
+        import io
+
+        self.table = np.load(io.BytesIO(raw))
+        dialogues, starts = np.unique(self.table[:, 0], return_index=True)
+        self.dialogue_start = starts
+        self.dialogue_count = np.diff(np.append(starts, len(self.table)))
+        self.n_dialogues = len(dialogues)
+        self.eos = self.shards.eos_id
+        self.fingerprint = hashlib.sha256((self.shards.index.fingerprint + meta["pairs_sha256"]).encode()).hexdigest()[:16]
+
+    def pair_for(self, g: int, seed: int) -> int:
+        """The pair (row of the table) global sample g trains on."""
+        epoch, pos = divmod(g, self.n_dialogues)
+        d = int(shuffled(np.array([pos]), self.n_dialogues, seed, epoch)[0])
+        k = noise_key(seed, STREAM_SFT_PAIR, epoch, d) % int(self.dialogue_count[d])
+        return int(self.dialogue_start[d]) + k
+
+    def sample(self, row: int) -> tuple[np.ndarray, int]:
+        _, offset, prompt_len, length = (int(v) for v in self.table[row])
+        return self.shards.read(offset, length), prompt_len
+
+
+@dataclass
+class SFTMicroBatch:
+    tokens: torch.Tensor  # (m, longest) long, EOS-padded
+    prompt_lengths: torch.Tensor  # (m,)
+    sample_indices: list[int]
+    doc_ids: None = None
+    padding: int = 0  # EOS padding tokens in this micro-batch
+
+
+class SFTBatches:
+    """The SFT micro-batches of rank `rank` of `world` at each step; same interface as
+    loader.DistributedBatches (step, state, resume_step, accumulation)."""
+
+    def __init__(self, data: SFTData, global_batch: int, micro_batch: int, seed: int, seq_len: int,
+                 rank: int = 0, world: int = 1) -> None:
+        if global_batch % (world * micro_batch):
+            raise DataStateError(
+                f"global batch {global_batch} is not divisible by world size {world} x micro batch {micro_batch}")
+        self.data, self.global_batch, self.micro_batch, self.seed, self.seq_len = data, global_batch, micro_batch, seed, seq_len
+        self.rank, self.world = rank, world
+        self.accumulation = global_batch // world // micro_batch
+
+    def step(self, step: int) -> list[SFTMicroBatch]:
+        indices = list(range(step * self.global_batch, (step + 1) * self.global_batch))
+        rows = [self.data.pair_for(g, self.seed) for g in indices]
+        lengths = [int(self.data.table[r, 3]) for r in rows]
+        order = sorted(range(len(indices)), key=lambda i: (lengths[i], indices[i]))
+        chunks = [order[i : i + self.micro_batch] for i in range(0, len(order), self.micro_batch)]
+        out = []
+        for chunk in chunks[self.rank :: self.world]:
+            samples = [self.data.sample(rows[i]) for i in chunk]
+            longest = min(max(len(t) for t, _ in samples), self.seq_len)
+            tokens = torch.full((len(chunk), longest), self.data.eos, dtype=torch.long)
+            for j, (t, _) in enumerate(samples):
+                t = t[:longest]
+                tokens[j, : len(t)] = torch.from_numpy(t)
+            prompt = torch.tensor([p for _, p in samples])
+            if bool((prompt >= longest).any()):
+                raise DataStateError(f"a prompt of {int(prompt.max())} tokens leaves no answer at data.seq_len={self.seq_len}")
+            padding = int(tokens.numel() - sum(min(len(t), longest) for t, _ in samples))
+            out.append(SFTMicroBatch(tokens, prompt, [indices[i] for i in chunk], None, padding))
+        return out
+
+    def state(self, steps_done: int) -> DataState:
+        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint)
+
+    def resume_step(self, state: DataState) -> int:
+        here = self.state(0)
+        for key in ("seed", "seq_len", "data_fingerprint"):
+            if getattr(state, key) != getattr(here, key):
+                raise DataStateError(f"checkpoint data state has {key}={getattr(state, key)!r}, this run has "
+                                     f"{getattr(here, key)!r}")
+        if state.samples_consumed % self.global_batch:
+            raise DataStateError("the global batch must not change across a resume")
+        return state.samples_consumed // self.global_batch
