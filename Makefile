@@ -10,7 +10,7 @@ CONSTRAINTS := requirements/cpu.txt
 CORPUS := data/shakespeare
 DEMO := runs/demo
 
-.PHONY: demo demo-clean test clean
+.PHONY: demo demo-sft demo-clean test clean
 
 $(VENV)/.installed: setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ demo: $(CORPUS)/LICENSE.md
 	$(BIN)/llada-ds train --nproc 2 --recipe tiny --run-dir $(DEMO)/train --deepspeed_config ds_configs/cpu.json
 	@grep 'validation loss' $(DEMO)/train/train.log | sed -n '1p;$$p' | \
 		awk '{v[NR]=$$NF} END {printf "validation loss %s -> %s\n", v[1], v[NR]}'
+
+# Second demo (after `make demo`): the bundled instruction task, SFT of the demo model, and the
+# held-out exact match with the sampler before and after SFT.
+demo-sft: $(CORPUS)/LICENSE.md
+	$(BIN)/llada-ds sft-task --out $(DEMO)/task --train 2000 --test 100
+	$(BIN)/llada-ds sft-data --input $(DEMO)/task/train.jsonl --tokenizer $(DEMO)/tokenizer --out $(DEMO)/sft \
+		--val-fraction 0.05
+	$(BIN)/llada-ds eval --model $(DEMO)/train --instruction-test $(DEMO)/task/test.jsonl --limit 50
+	$(BIN)/llada-ds train --nproc 2 --recipe sft-tiny --run-dir $(DEMO)/sft-train --deepspeed_config ds_configs/cpu.json
+	$(BIN)/llada-ds eval --model $(DEMO)/sft-train --instruction-test $(DEMO)/task/test.jsonl --limit 50
 
 demo-clean:
 	rm -rf $(DEMO)

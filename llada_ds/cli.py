@@ -195,13 +195,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
     model, tokenizer, data = loaded.model, loaded.tokenizer, loaded.data or {}
     shards = args.shards or data.get("validation")
-    if args.multiple_choice is None and not shards:
-        raise ValueError("nothing to evaluate: give --shards (the run has no validation split) or --multiple-choice")
-    if shards:
+    if args.multiple_choice is None and args.instruction_test is None and not shards:
+        raise ValueError("nothing to evaluate: give --shards (the run has no validation split), --multiple-choice "
+                         "or --instruction-test")
+    if shards and args.instruction_test is None or args.shards:
         seq_len = args.seq_len or data.get("seq_len") or model.config.max_seq_len
         loss = validation_elbo(model, shards, tokenizer, seq_len, args.samples)
         print(f"validation loss (ELBO bound, nats/token) {loss:.4f} on up to {args.samples} windows of "
               f"{seq_len} from {shards}")
+    if args.instruction_test:
+        from .data.instruct_task import exact_match
+        from .diffusion.sampler import SamplerConfig
+
+        cfg = SamplerConfig(gen_length=args.gen_length, steps=args.gen_length, block_length=args.gen_length)
+        r = exact_match(model, tokenizer, args.instruction_test, cfg, args.limit)
+        print(f"instruction exact match {r['exact_match']:.4f} on {r['n']} held-out instructions from "
+              f"{args.instruction_test}; e.g. " + "; ".join(f"{p!r} -> {got!r} (expected {want!r})"
+                                                             for p, want, got in r["examples"]))
     if args.multiple_choice:
         batch = max(d for d in range(1, 17) if args.mc_num % d == 0)  # mc_num must split into batches
         r = multiple_choice(model, tokenizer, args.multiple_choice, args.mc_num, batch)
@@ -236,6 +246,15 @@ def _cmd_sft_data(args: argparse.Namespace) -> int:
 
     counts = build_sft_cache(args.input, args.tokenizer, args.out, args.val_fraction, args.split_seed, args.max_len)
     print(", ".join(f"{split}: {n:,} (history, answer) pairs" for split, n in counts.items()) + f" in {args.out}")
+    return 0
+
+
+def _cmd_sft_task(args: argparse.Namespace) -> int:
+    from .data.instruct_task import generate_task
+
+    counts = generate_task(args.out, args.train, args.test, args.seed)
+    print(f"{counts['train']} training conversations ({args.out}/train.jsonl), {counts['test']} held-out "
+          f"instructions with answers ({args.out}/test.jsonl)")
     return 0
 
 
@@ -318,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=int, default=None)
     ev.add_argument("--multiple-choice", default=None, help="jsonl of {context, choices, answer}")
     ev.add_argument("--mc-num", type=int, default=32, help="Monte Carlo samples per likelihood")
+    ev.add_argument("--instruction-test", default=None, help="test.jsonl of llada-ds sft-task: exact match")
+    ev.add_argument("--gen-length", type=int, default=16, help="with --instruction-test")
+    ev.add_argument("--limit", type=int, default=None, help="with --instruction-test: first N instructions")
     ev.set_defaults(func=_cmd_eval)
 
     exp = sub.add_parser("export", help="export a checkpoint as a Hugging Face folder in LLaDA's released layout")
@@ -340,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--split-seed", type=int, default=0)
     sft.add_argument("--max-len", type=int, default=4096)
     sft.set_defaults(func=_cmd_sft_data)
+
+    task = sub.add_parser("sft-task", help="write the bundled instruction task (checkable answers)")
+    task.add_argument("--out", required=True)
+    task.add_argument("--train", type=int, default=2000)
+    task.add_argument("--test", type=int, default=200)
+    task.add_argument("--seed", type=int, default=0)
+    task.set_defaults(func=_cmd_sft_task)
 
     imp = sub.add_parser("import", help="a Hugging Face folder in LLaDA's released layout -> a llada-ds checkpoint")
     imp.add_argument("hf_dir")

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from llada_ds.data.chat import encode_chat
 from llada_ds.data.sft import SFTBatches, SFTData, build_sft_cache, pairs_of
@@ -103,3 +102,34 @@ def test_missing_messages_field_is_named(tmp_path, sp_tokenizer):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl: record 0 has no 'messages'"):
         build_sft_cache([str(tmp_path / "bad.jsonl")], str(sp_tokenizer), str(tmp_path / "out"))
+
+
+def test_instruction_task_is_seeded_disjoint_and_correct(tmp_path, sp_tokenizer):
+    from llada_ds.data.instruct_task import exact_match, generate_task
+    from llada_ds.diffusion.sampler import SamplerConfig
+    from llada_ds.model import ModelConfig, build_model
+
+    counts = generate_task(tmp_path / "a", 300, 40, seed=3)
+    generate_task(tmp_path / "b", 300, 40, seed=3)
+    assert counts == {"train": 300, "test": 40}
+    assert (tmp_path / "a" / "train.jsonl").read_text() == (tmp_path / "b" / "train.jsonl").read_text()
+    train = [json.loads(x)["messages"] for x in (tmp_path / "a" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (tmp_path / "a" / "test.jsonl").read_text().splitlines()]
+    assert not {m[0]["content"] for m in train} & {t["prompt"] for t in test}
+    for t in test:  # every answer checks out against its instruction
+        p, a = t["prompt"], t["answer"]
+        if p.startswith("Repeat: "):
+            assert a == p[8:]
+        elif p.startswith("Reverse: "):
+            assert a.split() == p[9:].split()[::-1]
+        elif p.startswith("Sort: "):
+            assert a.split() == sorted(p[6:].split(), key=int)
+        elif p.startswith("Add: "):
+            assert int(a) == sum(int(x) for x in p[5:].split("+"))
+        else:
+            pairs = dict(kv.split("=") for kv in p.split(".")[0].split())
+            assert pairs[p.split("What is ")[1].rstrip("?")] == a
+    tok = Tokenizer.load(sp_tokenizer)
+    model = build_model(ModelConfig(vocab_size=4096, d_model=32, n_layers=1, n_heads=2, ffn_hidden_size=64)).eval()
+    r = exact_match(model, tok, tmp_path / "a" / "test.jsonl", SamplerConfig(gen_length=8, steps=8), limit=5)
+    assert r["n"] == 5 and 0 <= r["exact_match"] <= 1 and len(r["examples"]) == 3

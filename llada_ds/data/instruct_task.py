@@ -1,0 +1,90 @@
+"""A bundled instruction task with checkable answers, so the SFT demo proves something.
+
+Seeded generators of short instructions whose answer is exactly known:
+- repeat:  "Repeat: pear lamp sky"              -> "pear lamp sky"
+- reverse: "Reverse: pear lamp sky"             -> "sky lamp pear"
+- sort:    "Sort: 7 2 9"                        -> "2 7 9"
+- recall:  "a=pear b=lamp c=sky. What is b?"    -> "lamp"
+- add:     "Add: 12+7"                          -> "19"
+Train and held-out test sets never share an instruction. Exact match (after stripping spaces) of
+the sampler's answer is the metric.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+WORDS = ("pear lamp sky river stone cloud bird apple horse bread light night queen king sword ship "
+         "rose field wind fire").split()
+TASKS = ("repeat", "reverse", "sort", "recall", "add")
+
+
+def make_example(rng: random.Random, task: str) -> tuple[str, str]:
+    if task in ("repeat", "reverse"):
+        words = rng.sample(WORDS, rng.randint(2, 4))
+        answer = words if task == "repeat" else words[::-1]
+        return f"{task.capitalize()}: {' '.join(words)}", " ".join(answer)
+    if task == "sort":
+        nums = [rng.randint(0, 9) for _ in range(rng.randint(3, 5))]
+        return f"Sort: {' '.join(map(str, nums))}", " ".join(map(str, sorted(nums)))
+    if task == "recall":
+        keys = rng.sample("abcdefg", 3)
+        values = rng.sample(WORDS, 3)
+        k = rng.randrange(3)
+        ctx = " ".join(f"{a}={v}" for a, v in zip(keys, values))
+        return f"{ctx}. What is {keys[k]}?", values[k]
+    if task == "add":
+        a, b = rng.randint(0, 49), rng.randint(0, 49)
+        return f"Add: {a}+{b}", str(a + b)
+    raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+
+
+def generate_task(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
+                  tasks: tuple[str, ...] = TASKS) -> dict[str, int]:
+    """Write train.jsonl ({messages}) and test.jsonl ({prompt, answer}) with disjoint prompts."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits = {"test": [], "train": []}
+    for split, n in (("test", n_test), ("train", n_train)):
+        tries = 0
+        while len(splits[split]) < n:
+            tries += 1
+            if tries > 100 * (n + 1):
+                raise ValueError(f"cannot draw {n} distinct {split} examples for tasks {tasks}")
+            prompt, answer = make_example(rng, rng.choice(tasks))
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            splits[split].append((prompt, answer))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}) + "\n"
+        for p, a in splits["train"]))
+    (out / "test.jsonl").write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in splits["test"]))
+    return {k: len(v) for k, v in splits.items()}
+
+
+def exact_match(model, tokenizer, test_path: str | Path, sampler_cfg, limit: int | None = None,
+                batch: int = 16) -> dict:
+    """Share of held-out instructions whose sampled answer equals the expected one."""
+    from ..diffusion.sampler import SpecialTokens, generate
+    from .chat import encode_chat
+
+    records = [json.loads(x) for x in Path(test_path).read_text().splitlines() if x.strip()][:limit]
+    sp = tokenizer.special
+    tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+    correct, examples = 0, []
+    for i in range(0, len(records), batch):
+        chunk = records[i : i + batch]
+        prompts = [encode_chat(tokenizer, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
+                   for r in chunk]
+        for r, row in zip(chunk, generate(model, prompts, sampler_cfg, tokens).tolist()):
+            cut = next((j for j, t in enumerate(row) if t in (sp.eot, sp.eos)), len(row))
+            answer = tokenizer.decode(row[:cut]).strip()
+            correct += int(answer == r["answer"])
+            if len(examples) < 3:
+                examples.append((r["prompt"], r["answer"], answer))
+    return {"exact_match": correct / max(len(records), 1), "n": len(records), "examples": examples}
