@@ -151,6 +151,21 @@ class SFTMicroBatch:
     padding: int = 0  # EOS padding tokens in this micro-batch
 
 
+def pad_micro_batch(samples: list[tuple[np.ndarray, int]], indices: list[int], eos: int,
+                    seq_len: int) -> SFTMicroBatch:
+    """(tokens, prompt length) samples -> one micro-batch, EOS-padded to its longest (at most seq_len)."""
+    longest = min(max(len(t) for t, _ in samples), seq_len)
+    tokens = torch.full((len(samples), longest), eos, dtype=torch.long)
+    for j, (t, _) in enumerate(samples):
+        t = t[:longest]
+        tokens[j, : len(t)] = torch.from_numpy(t)
+    prompt = torch.tensor([p for _, p in samples])
+    if bool((prompt >= longest).any()):
+        raise DataStateError(f"a prompt of {int(prompt.max())} tokens leaves no answer at data.seq_len={seq_len}")
+    padding = int(tokens.numel() - sum(min(len(t), longest) for t, _ in samples))
+    return SFTMicroBatch(tokens, prompt, list(indices), None, padding)
+
+
 class SFTBatches:
     """The SFT micro-batches of rank `rank` of `world` at each step; same interface as
     loader.DistributedBatches (step, state, resume_step, accumulation)."""
@@ -170,20 +185,9 @@ class SFTBatches:
         lengths = [int(self.data.table[r, 3]) for r in rows]
         order = sorted(range(len(indices)), key=lambda i: (lengths[i], indices[i]))
         chunks = [order[i : i + self.micro_batch] for i in range(0, len(order), self.micro_batch)]
-        out = []
-        for chunk in chunks[self.rank :: self.world]:
-            samples = [self.data.sample(rows[i]) for i in chunk]
-            longest = min(max(len(t) for t, _ in samples), self.seq_len)
-            tokens = torch.full((len(chunk), longest), self.data.eos, dtype=torch.long)
-            for j, (t, _) in enumerate(samples):
-                t = t[:longest]
-                tokens[j, : len(t)] = torch.from_numpy(t)
-            prompt = torch.tensor([p for _, p in samples])
-            if bool((prompt >= longest).any()):
-                raise DataStateError(f"a prompt of {int(prompt.max())} tokens leaves no answer at data.seq_len={self.seq_len}")
-            padding = int(tokens.numel() - sum(min(len(t), longest) for t, _ in samples))
-            out.append(SFTMicroBatch(tokens, prompt, [indices[i] for i in chunk], None, padding))
-        return out
+        return [pad_micro_batch([self.data.sample(rows[i]) for i in chunk], [indices[i] for i in chunk],
+                                self.data.eos, self.seq_len)
+                for chunk in chunks[self.rank :: self.world]]
 
     def state(self, steps_done: int) -> DataState:
         return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint)

@@ -307,6 +307,8 @@ class Trainer:
     @torch.no_grad()
     def _evaluate_sft(self) -> Optional[float]:
         """SFT loss on the first validation pairs, bucketed by length, fixed noise."""
+        from ..data.sft import pad_micro_batch
+
         cfg, dist, data = self.cfg, self.dist, self.val_sft
         m = cfg.train.micro_batch
         n = min(cfg.eval.samples, len(data.table)) // (dist.world * m) * (dist.world * m)
@@ -318,13 +320,9 @@ class Trainer:
         self.engine.eval()
         total = np.zeros(2)
         for chunk in chunks:
-            samples = [data.sample(r) for r in chunk]
-            longest = min(max(len(t) for t, _ in samples), cfg.data.seq_len)
-            tokens = torch.full((len(chunk), longest), data.eos, dtype=torch.long)
-            for j, (t, _) in enumerate(samples):
-                tokens[j, : min(len(t), longest)] = torch.from_numpy(t[:longest])
-            prompts = torch.tensor([p for _, p in samples], device=dist.device)
-            out, _ = self._loss(tokens.to(dist.device), chunk, EVAL_STEP, None, noise, prompts)
+            mb = pad_micro_batch([data.sample(r) for r in chunk], chunk, data.eos, cfg.data.seq_len)
+            out, _ = self._loss(mb.tokens.to(dist.device), chunk, EVAL_STEP, None, noise,
+                                mb.prompt_lengths.to(dist.device))
             total += [out.loss.item() * len(chunk), len(chunk)]
         self.engine.train()
         s = all_reduce_sum(total.tolist(), dist.device)
