@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import ConfigError, load_run_config
     from ..data.shards import ShardError
     from .checkpoint import CheckpointError
-    from .distributed import init_distributed
+    from .distributed import init_distributed, shutdown_distributed
     from .engine import load_ds_config
     from .loop import Trainer, TrainingError
 
@@ -61,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     dist = init_distributed()
     try:
         trainer = Trainer(cfg, ds_config, run_dir, args.resume, dist)
-        return trainer.run(args.stop_after)
+        rc = trainer.run(args.stop_after)
     except (ConfigError, ShardError, CheckpointError, TrainingError, ValueError) as exc:
+        # No barrier here: the other ranks may never reach one (the error can be this rank's own).
         print(f"llada-ds train (rank {dist.rank}): error: {exc}", file=sys.stderr)
         return 1
+    shutdown_distributed()
+    return rc
 
 
 if __name__ == "__main__":

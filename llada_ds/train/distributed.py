@@ -64,6 +64,21 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local_rank, device)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly: wait for every rank, then destroy it.
+
+    A rank that exits while a peer still talks to it (or with gloo's worker threads alive at
+    interpreter teardown) can abort with "terminate called without an active exception"; every
+    entry point ends through here instead of relying on exit-time destructors.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few floats over all ranks (one collective), returned on the host."""
     import torch.distributed as dist
