@@ -102,6 +102,9 @@ def _prune(ckpt_root: Path, keep_last: int, keep: str) -> None:
     for partial in ckpt_root.glob("step-*"):  # left by crashed saves
         if not (partial / RUN_STATE).is_file() and partial.name != keep:
             shutil.rmtree(partial, ignore_errors=True)
+    from .elastic import prune_universal
+
+    prune_universal(ckpt_root, {p.name for p in ckpt_root.glob("step-*") if (p / RUN_STATE).is_file()})
 
 
 def newer_checkpoints(ckpt_root: Path, step: int) -> list[str]:

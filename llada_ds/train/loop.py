@@ -41,7 +41,8 @@ from .checkpoint import (
     read_run_state, save_checkpoint,
 )
 from .distributed import DistInfo, all_reduce_sum
-from .engine import build_engine, fill_ds_config, set_learning_rate
+from .elastic import is_converted
+from .engine import build_engine, fill_ds_config, repair_universal_load, set_learning_rate
 from .monitor import Monitor, memory_gib, peak_tflops
 from .schedule import learning_rate
 
@@ -98,6 +99,16 @@ class Trainer:
                                               dist.world, cfg.data.document_masking)
         self.noise = NoiseConfig(cfg.objective.noise_seed, cfg.objective.eps, cfg.objective.random_length_prob)
         self.ds_config = fill_ds_config(ds_config, cfg, dist.world)
+        # The checkpoint to resume is chosen before the engine exists: one written by another
+        # number of ranks is loaded through its universal form, which the engine must know of.
+        resume_from = self._pick_checkpoint(resume)
+        self.universal_from: Optional[Path] = None
+        if resume_from is not None and (is_converted(resume_from) or
+                                        read_run_state(resume_from).get("world_size", dist.world) != dist.world):
+            self.universal_from = resume_from
+            if not is_converted(resume_from):  # (given a converted one, e.g. by tools/elastic_resume.py)
+                resume_from = self._universal(resume_from)
+            self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
         self.engine, self.model = build_engine(cfg, self.model_cfg, self.ds_config, dist)
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
@@ -112,7 +123,7 @@ class Trainer:
         self._injected: set[int] = set()
         self._stop_signal: Optional[int] = None
         self.monitor_note = ""
-        self._resume(resume)
+        self._resume(resume_from)
 
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +161,40 @@ class Trainer:
         self.good_steps = state["good_steps"]
         self.wandb_id = state.get("wandb_id")
 
-    def _resume(self, resume: str) -> None:
+    def _pick_checkpoint(self, resume: str) -> Optional[Path]:
+        """The checkpoint this run continues from (None: a fresh start), checked against the run."""
+        if resume == "never":
+            if latest_checkpoint(self.ckpt_root) is not None:
+                raise CheckpointError(f"{self.run_dir} already holds checkpoints; use --resume auto or another run dir")
+            return None
+        ckpt = latest_checkpoint(self.ckpt_root) if resume == "auto" else Path(resume)
+        if ckpt is None:
+            return None
+        state = read_run_state(ckpt)
+        check_compatible(state, self.model_cfg.to_dict(), self.tokenizer.fingerprint, ckpt)
+        if resume != "auto" and ckpt.parent.resolve() == self.ckpt_root.resolve():
+            newer = newer_checkpoints(self.ckpt_root, state["step"])
+            if newer:
+                raise CheckpointError(
+                    f"{self.ckpt_root} holds checkpoints newer than {ckpt.name} ({', '.join(newer)}); resuming "
+                    "from an older one here would mix two histories: use another --run-dir or remove them")
+        return ckpt
+
+    def _universal(self, ckpt: Path) -> Path:
+        """The universal form of `ckpt` (written by another world size), converted once by rank 0."""
+        from .elastic import convert_to_universal, universal_path
+
+        error: Optional[str] = None
+        if self.dist.is_main:
+            try:
+                convert_to_universal(ckpt)
+            except (CheckpointError, OSError) as exc:
+                error = str(exc)
+        if all_reduce_sum([1.0 if error else 0.0], self.dist.device)[0]:  # also the barrier
+            raise CheckpointError(error or f"rank 0 could not convert {ckpt} to a universal checkpoint (see its log)")
+        return universal_path(ckpt)
+
+    def _resume(self, ckpt: Optional[Path]) -> None:
         if self.cfg.train.init_from:
             src = Path(self.cfg.train.init_from)
             if (src / "config.json").is_file():  # a Hugging Face folder in LLaDA's layout
@@ -162,30 +206,14 @@ class Trainer:
             else:
                 src = latest_checkpoint(src / "checkpoints") or latest_checkpoint(src) or src
                 check_compatible(read_run_state(src), self.model_cfg.to_dict(), self.tokenizer.fingerprint, src)
-        if resume == "never":
-            if latest_checkpoint(self.ckpt_root) is not None:
-                raise CheckpointError(f"{self.run_dir} already holds checkpoints; use --resume auto or another run dir")
-            ckpt = None
-        elif resume == "auto":
-            ckpt = latest_checkpoint(self.ckpt_root)
-        else:
-            ckpt = Path(resume)
         if ckpt is not None:
-            state = read_run_state(ckpt)
-            check_compatible(state, self.model_cfg.to_dict(), self.tokenizer.fingerprint, ckpt)
-            if state.get("world_size", self.dist.world) != self.dist.world:
-                raise CheckpointError(
-                    f"{ckpt} was written by {state['world_size']} ranks and this job has {self.dist.world}: ZeRO-3 "
-                    "optimizer shards only load at the same world size; convert it to a universal checkpoint "
-                    "(DeepSpeed's ds_to_universal) to resume elsewhere, or use --train.init_from for the weights only"
-                )
-            if resume not in ("auto", "never") and ckpt.parent.resolve() == self.ckpt_root.resolve():
-                newer = newer_checkpoints(self.ckpt_root, state["step"])
-                if newer:
-                    raise CheckpointError(
-                        f"{self.ckpt_root} holds checkpoints newer than {ckpt.name} ({', '.join(newer)}); resuming "
-                        "from an older one here would mix two histories: use another --run-dir or remove them")
-            load_checkpoint(self.engine, ckpt)
+            state = load_checkpoint(self.engine, ckpt)
+            if self.universal_from is not None:
+                # Later loads (recovery) read this run's own checkpoints, written at this world size.
+                self.engine._config.load_universal_checkpoint = False
+                repair_universal_load(self.engine, self.cfg)
+                self.monitor_note = (f"resumed from {self.universal_from} (written by {state.get('world_size')} "
+                                     f"ranks) through its universal form {ckpt}")
             self._restore(state)
         elif self.cfg.train.init_from:
             load_weights(self.engine, src, self.dist)
