@@ -18,7 +18,6 @@ import torch
 import yaml
 
 from llada_ds.config import load_run_config
-from llada_ds.data.build import BuildConfig, build_shards
 from llada_ds.data.loader import DistributedBatches, WindowDataset
 from llada_ds.data.shards import ShardSet
 from llada_ds.data.storage import LocalStorage
@@ -31,33 +30,6 @@ from llada_ds.train.schedule import learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
-
-
-@pytest.fixture(scope="module")
-def recipe(shakespeare_texts, sp_tokenizer, tmp_path_factory):
-    """A small model on shards of part of the corpus; fp32; accumulation 2 on 2 ranks; clipping."""
-    root = tmp_path_factory.mktemp("train")
-    build_shards(BuildConfig(inputs=[str(p) for p in shakespeare_texts[:6]], out_dir=str(root / "shards"),
-                             tokenizer=str(sp_tokenizer), val_fraction=0.2, split_seed=1, shard_tokens=50_000),
-                 progress_bar=False)
-    body = {
-        "model": {"preset": "tiny", "overrides": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-                                                  "ffn_hidden_size": 128, "max_seq_len": 64}},
-        "data": {"train": str(root / "shards" / "train"), "validation": str(root / "shards" / "validation"),
-                 "tokenizer": str(sp_tokenizer), "seq_len": 64},
-        # A 5% random-length cut so that a cut step is likely among the 12.
-        "objective": {"random_length_prob": 0.05},
-        "optim": {"lr": 3e-3, "grad_clip": 0.5},
-        "schedule": {"kind": "wsd", "warmup_steps": 3, "decay_steps": 4, "final_lr": 3e-4},
-        "train": {"steps": STEPS, "global_batch": 8, "micro_batch": 2, "precision": "fp32"},
-        "eval": {"every": 6, "samples": 8},
-        "checkpoint": {"every": 4, "keep_last": 2},
-        "recovery": {"spike_factor": 0},
-        "log": {"every": 4},
-    }
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
 
 
 def torchrun(recipe: Path, run_dir: Path, *extra: str, nproc: int = 2, wait: bool = True):

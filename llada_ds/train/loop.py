@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -72,8 +73,11 @@ def _open_shards(path: str, cfg: RunConfig, tokenizer: Tokenizer, dist: DistInfo
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, ds_config: dict, run_dir: Path, resume: str, dist: DistInfo) -> None:
-        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+    def __init__(self, cfg: RunConfig, ds_config: dict, run_dir: Path, resume: str, dist: DistInfo,
+                 on_log: Optional[Callable[[dict], None]] = None) -> None:
+        """on_log: called on every rank at each log interval with that interval's figures (the Ray
+        job reports them to Ray Train, whose report is a collective: every rank must call it)."""
+        self.cfg, self.run_dir, self.dist, self.on_log = cfg, run_dir, dist, on_log
         self.ckpt_root = run_dir / "checkpoints"
         self.model_cfg = cfg.model.build()
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
@@ -225,7 +229,10 @@ class Trainer:
             self._stop_signal = signum
 
         # SIGUSR1: what SLURM sends ahead of the time limit with --signal=USR1@300, leaving time
-        # to save a large model before the SIGTERM / SIGKILL that follows.
+        # to save a large model before the SIGTERM / SIGKILL that follows. Only the main thread
+        # may install handlers (Ray Train runs the loop in a worker thread; Ray owns signals there).
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, handler)
 
@@ -425,6 +432,10 @@ class Trainer:
                 self.monitor.print(self.monitor.interval_line(
                     step, window["loss"] / max(window["good"], 1), window["acc"][0] / max(window["acc"][1], 1),
                     r["lr"], window["tokens"], elapsed, memory_gib(self.dist.device), pad))
+                if self.on_log is not None:
+                    self.on_log({"step": self.step, "loss": window["loss"] / max(window["good"], 1), "lr": r["lr"],
+                                 "tokens_seen": self.tokens_seen, "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
+                                 "world_size": self.dist.world})
                 window = self._new_window()
             if bad_in_a_row >= cfg.recovery.max_bad_steps:
                 self._recover()
