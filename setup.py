@@ -28,7 +28,9 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6"],
         "eval": ["lm-eval>=0.4.5"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5"],
+        # The Ray job (cluster/train.py): Ray Train V2; "default" brings the job server and CLI.
+        "ray": ["ray[train,default]>=2.60"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5", "ray[train,default]>=2.60"],
     },
     entry_points={"console_scripts": ["llada-ds=llada_ds.cli:main"]},
 )
