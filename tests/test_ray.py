@@ -21,6 +21,7 @@ import torch
 from llada_ds.train.checkpoint import LATEST
 
 from ray_cluster import LoopbackRayCluster, netns_available
+from runs import step_losses
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -42,15 +43,6 @@ def cluster():
 def entry(recipe: Path, storage: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, "cluster/train.py", "--recipe", str(recipe), "--storage", str(storage), "--name", name,
             *extra]
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -95,6 +87,11 @@ def test_a_bad_recipe_makes_the_job_fail_with_the_reason_in_its_logs(cluster, re
     res = cluster.submit(entry(recipe, tmp_path, "three", "--workers", "3:4"), REPO, "bad-workers")
     info = cluster.job_status("bad-workers")
     assert info["exit_code"] == 2 and "cannot be split over 3 worker(s)" in info["logs"]
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(recipe.read_text().replace(str(recipe.parent / "shards" / "train"), str(tmp_path / "nowhere")))
+    cluster.submit(entry(missing, tmp_path, "missing", "--workers", "2"), REPO, "missing-data")
+    info = cluster.job_status("missing-data")
+    assert info["exit_code"] == 2 and f"data.train={tmp_path / 'nowhere'}: no such file" in info["logs"]
 
 
 @pytest.mark.timeout(600)

@@ -28,6 +28,8 @@ from llada_ds.train.checkpoint import LATEST, RUN_STATE
 from llada_ds.train.engine import param_groups
 from llada_ds.train.schedule import learning_rate
 
+from runs import step_losses
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
 
@@ -43,16 +45,6 @@ def torchrun(recipe: Path, run_dir: Path, *extra: str, nproc: int = 2, wait: boo
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """The last recorded training loss of each step (a step re-run after recovery overwrites)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def reference_losses(recipe: Path, steps: int) -> list[float]:
