@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from .data.instruct_task import ALL_TASKS, EASY_TASKS, TASKS
 from .model.config import PRESETS, ConfigError, get_preset
 
 
@@ -252,9 +253,16 @@ def _cmd_sft_data(args: argparse.Namespace) -> int:
 def _cmd_sft_task(args: argparse.Namespace) -> int:
     from .data.instruct_task import generate_task
 
-    counts = generate_task(args.out, args.train, args.test, args.seed)
+    counts = generate_task(args.out, args.train, args.test, args.seed, args.tasks)
     print(f"{counts['train']} training conversations ({args.out}/train.jsonl), {counts['test']} held-out "
           f"instructions with answers ({args.out}/test.jsonl)")
+    return 0
+
+
+def _cmd_reversal(args: argparse.Namespace) -> int:
+    from .reversal import run_from_args
+
+    run_from_args(args)
     return 0
 
 
@@ -368,7 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--train", type=int, default=2000)
     task.add_argument("--test", type=int, default=200)
     task.add_argument("--seed", type=int, default=0)
+    task.add_argument("--tasks", nargs="+", default=list(TASKS), choices=ALL_TASKS, metavar="FAMILY",
+                      help=f"task families to mix (default: {' '.join(TASKS)}; easier ones for small models: "
+                           f"{' '.join(EASY_TASKS)})")
     task.set_defaults(func=_cmd_sft_task)
+
+    rev = sub.add_parser("reversal", help="the reversal-curse experiment: a diffusion and an autoregressive model "
+                                          "trained on the same one-direction facts, asked both ways (CPU ok)")
+    from .reversal import add_arguments as reversal_arguments
+
+    reversal_arguments(rev)
+    rev.set_defaults(func=_cmd_reversal)
 
     imp = sub.add_parser("import", help="a Hugging Face folder in LLaDA's released layout -> a llada-ds checkpoint")
     imp.add_argument("hf_dir")

@@ -133,3 +133,33 @@ def test_instruction_task_is_seeded_disjoint_and_correct(tmp_path, sp_tokenizer)
     model = build_model(ModelConfig(vocab_size=4096, d_model=32, n_layers=1, n_heads=2, ffn_hidden_size=64)).eval()
     r = exact_match(model, tok, tmp_path / "a" / "test.jsonl", SamplerConfig(gen_length=8, steps=8), limit=5)
     assert r["n"] == 5 and 0 <= r["exact_match"] <= 1 and len(r["examples"]) == 3
+
+
+def test_easy_task_families_answer_with_tokens_of_the_prompt(tmp_path, sp_tokenizer):
+    from llada_ds.data.instruct_task import generate_task
+
+    generate_task(tmp_path, 200, 50, seed=1, tasks=("copy", "lookup"))
+    tok = Tokenizer.load(sp_tokenizer)
+    test = [json.loads(x) for x in (tmp_path / "test.jsonl").read_text().splitlines()]
+    assert {t["prompt"].split(":")[0] for t in test} == {"Copy", "Keys"}
+    for t in test:
+        p, a = t["prompt"], t["answer"]
+        if p.startswith("Copy: "):
+            assert a == p[6:] and len(a.split()) in (3, 4)
+        else:
+            pairs = dict(kv.split("=") for kv in p[6:].split(".")[0].split())
+            assert pairs[p.split("What is ")[1].rstrip("?")] == a
+        # Why these families are easy: the answer's tokens are a run of the prompt's tokens.
+        pt, at = tok.encode(p), tok.encode(a)
+        assert any(pt[i : i + len(at)] == at for i in range(len(pt))), (p, a)
+
+
+def test_unknown_or_exhausted_task_families_are_refused(tmp_path):
+    from llada_ds.data.instruct_task import generate_task
+
+    with pytest.raises(ValueError, match="unknown or no task families.*choose from repeat"):
+        generate_task(tmp_path, 10, 2, tasks=("copy", "poetry"))
+    with pytest.raises(ValueError, match="unknown or no task families"):
+        generate_task(tmp_path, 10, 2, tasks=())
+    with pytest.raises(ValueError, match="cannot draw 11000 distinct train examples for tasks copy"):
+        generate_task(tmp_path, 11000, 2, tasks=("copy",))  # there are 11,000 copy instructions in all

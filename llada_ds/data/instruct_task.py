@@ -6,6 +6,13 @@ Seeded generators of short instructions whose answer is exactly known:
 - sort:    "Sort: 7 2 9"                        -> "2 7 9"
 - recall:  "a=pear b=lamp c=sky. What is b?"    -> "lamp"
 - add:     "Add: 12+7"                          -> "19"
+Two easier families, not in the default mix, for small models and CI (`tasks=EASY_TASKS`):
+- copy:    "Copy: 4 0 7"                        -> "4 0 7"
+- lookup:  "Keys: g=4 d=8 a=7. What is d?"      -> "8"
+They use single digits and keys written after a space because the project's tokenizer splits
+digits and gives a word another piece at the start of a text than after a space ("pear" vs
+" pear"): here the answer's tokens are exactly tokens of the prompt, so copying is token for token
+and a tiny model learns it from scratch in about a hundred steps.
 Train and held-out test sets never share an instruction. Exact match (after stripping spaces) of
 the sampler's answer is the metric.
 """
@@ -15,10 +22,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Sequence
 
 WORDS = ("pear lamp sky river stone cloud bird apple horse bread light night queen king sword ship "
          "rose field wind fire").split()
-TASKS = ("repeat", "reverse", "sort", "recall", "add")
+TASKS = ("repeat", "reverse", "sort", "recall", "add")  # the default mix
+EASY_TASKS = ("copy", "lookup")
+ALL_TASKS = TASKS + EASY_TASKS
 
 
 def make_example(rng: random.Random, task: str) -> tuple[str, str]:
@@ -38,12 +48,35 @@ def make_example(rng: random.Random, task: str) -> tuple[str, str]:
     if task == "add":
         a, b = rng.randint(0, 49), rng.randint(0, 49)
         return f"Add: {a}+{b}", str(a + b)
-    raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if task == "copy":  # 3 or 4 digits: 11,000 distinct instructions
+        digits = " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 4)))
+        return f"Copy: {digits}", digits
+    if task == "lookup":
+        keys = rng.sample("abcdefg", 3)
+        values = [str(rng.randint(0, 9)) for _ in keys]
+        k = rng.randrange(3)
+        ctx = " ".join(f"{a}={v}" for a, v in zip(keys, values))
+        return f"Keys: {ctx}. What is {keys[k]}?", values[k]
+    raise ValueError(f"unknown task {task!r}; tasks: {', '.join(ALL_TASKS)}")
+
+
+def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """The task families as a tuple, refusing an empty or unknown one before anything is drawn."""
+    tasks = tuple(tasks)
+    unknown = [t for t in tasks if t not in ALL_TASKS]
+    if not tasks or unknown:
+        raise ValueError(f"unknown or no task families {unknown or list(tasks)}; choose from {', '.join(ALL_TASKS)}")
+    return tasks
 
 
 def generate_task(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
-                  tasks: tuple[str, ...] = TASKS) -> dict[str, int]:
-    """Write train.jsonl ({messages}) and test.jsonl ({prompt, answer}) with disjoint prompts."""
+                  tasks: Sequence[str] = TASKS) -> dict[str, int]:
+    """Write train.jsonl ({messages}) and test.jsonl ({prompt, answer}) with disjoint prompts.
+
+    Each example's family is drawn uniformly from `tasks` (any of ALL_TASKS)."""
+    tasks = check_tasks(tasks)
+    if n_train < 0 or n_test < 0:
+        raise ValueError(f"example counts must be >= 0, got n_train={n_train}, n_test={n_test}")
     rng = random.Random(seed)
     seen: set[str] = set()
     splits = {"test": [], "train": []}
@@ -52,7 +85,8 @@ def generate_task(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, s
         while len(splits[split]) < n:
             tries += 1
             if tries > 100 * (n + 1):
-                raise ValueError(f"cannot draw {n} distinct {split} examples for tasks {tasks}")
+                raise ValueError(f"cannot draw {n} distinct {split} examples for tasks {', '.join(tasks)}: "
+                                 "ask for fewer or add families")
             prompt, answer = make_example(rng, rng.choice(tasks))
             if prompt in seen:
                 continue
