@@ -35,10 +35,11 @@ demo: $(CORPUS)/LICENSE.md
 	@grep 'validation loss' $(DEMO)/train/train.log | sed -n '1p;$$p' | \
 		awk '{v[NR]=$$NF} END {printf "validation loss %s -> %s\n", v[1], v[NR]}'
 
-# Second demo (after `make demo`): the bundled instruction task, SFT of the demo model, and the
-# held-out exact match with the sampler before and after SFT.
+# Second demo (after `make demo`): the bundled instruction task (its easy families, which the tiny
+# model can learn in minutes), SFT of the demo model, and the held-out exact match with the
+# sampler before and after SFT (measured: 0.00 -> 0.22).
 demo-sft: $(CORPUS)/LICENSE.md
-	$(BIN)/llada-ds sft-task --out $(DEMO)/task --train 2000 --test 100
+	$(BIN)/llada-ds sft-task --out $(DEMO)/task --train 2000 --test 100 --tasks copy lookup
 	$(BIN)/llada-ds sft-data --input $(DEMO)/task/train.jsonl --tokenizer $(DEMO)/tokenizer --out $(DEMO)/sft \
 		--val-fraction 0.05
 	$(BIN)/llada-ds eval --model $(DEMO)/train --instruction-test $(DEMO)/task/test.jsonl --limit 50
