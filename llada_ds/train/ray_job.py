@@ -158,7 +158,8 @@ def train_worker(config: dict) -> None:
     if spec.stop_after is not None:  # counted from where the job started, not from this attempt
         first = json.loads(Path(run_dir / "workers" / "job-start.json").read_text())["step"]
         stop_after = max(0, first + spec.stop_after - trainer.step)
-    if stop_after == 0:
+    if stop_after == 0:  # an earlier attempt of this job got there already
+        trainer.monitor.close()
         return
     if trainer.run(stop_after) != 0:
         raise TrainingError(f"rank {dist.rank}: training stopped without finishing")
@@ -205,6 +206,9 @@ def build_spec(args: argparse.Namespace, overrides: list[str]) -> tuple[JobSpec,
         raise ConfigError(f"DeepSpeed config {args.ds_config} does not exist")
     lo, hi = parse_workers(args.workers)
     allowed = allowed_world_sizes(cfg, lo, hi)
+    if args.gpus_per_worker is not None and not 0 <= args.gpus_per_worker <= 1:
+        raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker:g}: a worker is one DeepSpeed rank and drives "
+                          "one GPU (or a share of one); count GPUs with --workers instead")
     if args.stop_after is not None and args.stop_after < 1:
         raise ConfigError(f"--stop-after {args.stop_after}: expected a step count >= 1")
     if args.max_failures < -1:
