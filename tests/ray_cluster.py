@@ -135,9 +135,33 @@ class LoopbackRayCluster:
         res = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True)
         return [int(x) for x in res.stdout.split()] if res.returncode == 0 else []
 
+    @staticmethod
+    def descendants(pid: int) -> list[int]:
+        """Every process below `pid` (by parent links, whatever their process group or session)."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry.name))
+        out, todo = [], [pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                out.append(child)
+                todo.append(child)
+        return out
+
     def kill_node(self, proc: subprocess.Popen) -> None:
-        """Kill one node (its raylet and everything it started) as a machine failure would."""
-        os.killpg(proc.pid, signal.SIGKILL)
+        """Kill one node as a machine failure would: its raylet, agents and the workers it runs,
+        all at once (a worker left alive would go on training until Ray noticed the dead raylet)."""
+        victims = [proc.pid, *self.descendants(proc.pid)]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait(timeout=30)
 
     def close(self) -> None:

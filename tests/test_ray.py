@@ -152,13 +152,17 @@ def test_a_node_that_joins_then_dies_makes_the_job_scale_down_and_finish(recipe,
                 assert job.poll() is None, job.stdout.read()[-4000:]
                 time.sleep(0.5)
             assert json.loads((run / "workers" / "rank-1.json").read_text())["world_size"] == 2
-            c.kill_node(node)
+            ranks = [json.loads((run / "workers" / f"rank-{r}.json").read_text())["pid"] for r in range(2)]
+            on_node = set(ranks) & set(c.descendants(node.pid))
+            assert len(on_node) == 1, (ranks, "one training worker must run on the second node")
+            c.kill_node(node)  # the raylet, its agents and that worker
             out, _ = job.communicate(timeout=500)
         finally:
             if job.poll() is None:
                 os.killpg(job.pid, signal.SIGKILL)
         info = c.job_status("elastic")
         assert info["exit_code"] == 0, out[-4000:]
-        assert "(written by 2 ranks) through its universal form" in info["logs"]
-        assert f"done at step {steps} of {steps} on 1 worker(s)" in info["logs"]
+        tail = info["logs"][-6000:]
+        assert "(written by 2 ranks) through its universal form" in info["logs"], tail
+        assert f"done at step {steps} of {steps} on 1 worker(s)" in info["logs"], tail
         assert sorted(step_losses(run)) == list(range(steps))
