@@ -129,6 +129,27 @@ def test_auto_falls_back_to_sdpa_without_cuda_and_flash_refuses_cpu():
         resolve_backend("flash", torch.device("cpu"), torch.bfloat16)
 
 
+def test_resolve_backend_checks_the_head_dim_once(monkeypatch):
+    from llada_ds.model import attention
+
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: True)
+    for bad in (12, 264):  # auto falls back to sdpa for a head size flash-attn cannot run
+        assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=bad).name == "sdpa"
+        with pytest.raises(ValueError, match="multiple of 8 and at most 256"):  # explicit flash: before any kernel
+            resolve_backend("flash", cuda, torch.bfloat16, head_dim=bad)
+
+
+def test_causal_masks_are_built_on_the_requested_device():
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2]])
+    eager, sdpa = EagerAttention(causal=True), SdpaAttention(causal=True)
+    tril = torch.ones(6, 6, dtype=torch.bool).tril()[None, None]
+    assert torch.equal(eager.prepare(None, 6, torch.device("cpu")), tril)
+    assert torch.equal(eager.prepare(docs, 6), sdpa.prepare(docs))
+    assert torch.equal(sdpa.prepare(docs), block_diagonal_mask(docs) & tril)
+    assert eager.prepare(None, 6, torch.device("meta")).device.type == "meta"
+
+
 def test_bf16_sdpa_stays_close_to_the_fp32_reference():
     q, k, v = qkv(s=64, d=32)
     ref = EagerAttention()(q, k, v, None)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llada_ds.data.loader import DataStateError, DistributedBatches, WindowDataset, doc_ids_from_eos
-from llada_ds.data.order import shuffled
+from llada_ds.data.order import global_order, shuffled
 from llada_ds.data.shards import (
     INDEX_NAME, ShardError, ShardSet, TokenizerInfo, shard_name, write_index, write_shard,
 )
@@ -38,6 +38,18 @@ def test_order_is_a_permutation_for_every_size_and_differs_by_epoch():
     assert (a == b).mean() < 0.05
     assert abs(np.corrcoef(a, np.arange(500))[0, 1]) < 0.2
     assert np.array_equal(shuffled(np.array([7, 3]), 500, 5, 0), a[[7, 3]])
+
+
+def test_global_order_matches_the_per_index_formula():
+    # Global index g is shuffled(g mod n) of epoch g div n, however the indices are grouped.
+    for n in (1, 7, 64, 500):
+        indices = np.concatenate([np.arange(3 * n + 5), np.array([10 * n + 3, 2, 5 * n, 0])])
+        expected = [int(shuffled(np.array([g % n]), n, 9, g // n)[0]) for g in indices.tolist()]
+        assert global_order(indices, n, 9).tolist() == expected
+        assert global_order(indices[::-1], n, 9).tolist() == expected[::-1]
+    assert global_order(np.array([], dtype=np.int64), 5, 9).tolist() == []
+    with pytest.raises(ValueError, match="cannot order 0 items"):
+        global_order(np.arange(3), 0, 9)
 
 
 def test_reader_returns_the_concatenated_stream_across_shard_boundaries(tmp_path):

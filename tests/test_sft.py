@@ -61,6 +61,25 @@ def test_one_pair_per_dialogue_per_epoch_and_keyed(cache, sp_tokenizer):
     assert len({tuple(sorted(e)) for e in epochs}) > 1  # multi-turn dialogues vary their pair by epoch
 
 
+def test_vectorised_pair_lookup_matches_the_per_sample_formula(cache, sp_tokenizer):
+    from llada_ds.data.order import shuffled
+    from llada_ds.data.sft import STREAM_SFT_PAIR
+    from llada_ds.keys import noise_key
+
+    path, _ = cache
+    data = SFTData(str(path / "train"), Tokenizer.load(sp_tokenizer).fingerprint)
+    n = data.n_dialogues
+
+    def by_hand(g, seed):
+        epoch, pos = divmod(g, n)
+        d = int(shuffled(np.array([pos]), n, seed, epoch)[0])
+        return int(data.dialogue_start[d]) + noise_key(seed, STREAM_SFT_PAIR, epoch, d) % int(data.dialogue_count[d])
+
+    indices = list(range(3 * n + 4)) + [7 * n + 1, 0]  # several epochs in one call, out of order
+    assert data.pairs_for(np.array(indices), 5).tolist() == [by_hand(g, 5) for g in indices]
+    assert [data.pair_for(g, 5) for g in indices] == [by_hand(g, 5) for g in indices]
+
+
 def test_micro_batches_do_not_depend_on_the_world_size(cache, sp_tokenizer):
     path, _ = cache
     data = SFTData(str(path / "train"), Tokenizer.load(sp_tokenizer).fingerprint)

@@ -129,9 +129,10 @@ def read_documents(files: list[str], text_field: str = "text") -> Iterator[str]:
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_path: str, threads: int = -1) -> None:
+def _init_worker(tokenizer_path: str, threads: int = -1, loaded: Tokenizer | None = None) -> None:
+    """Set up this process's tokenizer; `loaded` reuses one already in memory (single-worker builds)."""
     global _worker_tokenizer  # one tokenizer per worker process, loaded once
-    _worker_tokenizer = Tokenizer.load(tokenizer_path)
+    _worker_tokenizer = loaded if loaded is not None else Tokenizer.load(tokenizer_path)
     _worker_tokenizer.threads = threads
 
 
@@ -199,7 +200,8 @@ class ShardBuilder:
             yield task
 
     def run(self, progress_bar: bool = True) -> dict[str, int]:
-        """Build (or finish) the shard sets; returns tokens per split. False if stopped early."""
+        """Build (or finish) the shard sets; returns tokens per split, or {} if stopped early
+        (after cfg.max_shards new shards)."""
         if all(p.done for p in self.progress.values()):
             return {s: sum(i.tokens for i in p.shards) for s, p in self.progress.items()}
         buffers = {s: ([], 0, 0) for s in SPLITS}  # arrays, tokens, documents
@@ -223,7 +225,7 @@ class ShardBuilder:
         pool = mp.get_context("spawn").Pool(self.cfg.workers, _init_worker, (self.cfg.tokenizer, 1)) \
             if self.cfg.workers > 1 else None
         if pool is None:
-            _init_worker(self.cfg.tokenizer)
+            _init_worker(self.cfg.tokenizer, loaded=self.tokenizer)  # this process: no second load
         try:
             results = pool.imap(_encode_task, self._tasks()) if pool else map(_encode_task, self._tasks())
             for batch in results:

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .order import shuffled
+from .order import global_order
 from .shards import ShardSet
 
 
@@ -78,13 +78,7 @@ class WindowDataset:
             )
 
     def windows(self, sample_indices: np.ndarray) -> np.ndarray:
-        sample_indices = np.asarray(sample_indices, dtype=np.int64)
-        out = np.empty_like(sample_indices)
-        epochs = sample_indices // self.n_windows
-        for epoch in np.unique(epochs):
-            sel = epochs == epoch
-            out[sel] = shuffled(sample_indices[sel] % self.n_windows, self.n_windows, self.seed, int(epoch))
-        return out
+        return global_order(sample_indices, self.n_windows, self.seed)
 
     def get(self, sample_indices: list[int]) -> np.ndarray:
         """(len(sample_indices), seq_len) int64 tokens."""

@@ -6,6 +6,9 @@ materialising it: a Feistel network (6 rounds, SplitMix64 round function) is a b
 bijection on [0, n). Memory is O(1) in n, so a data set of a billion windows needs no index file,
 and any rank can compute any global position's window without coordination. With bits the
 smallest even number with 2^bits >= n, at most ~4 walks are expected per item.
+
+``global_order(indices, n, seed)`` extends it over epochs: global index g is item
+shuffled(g mod n, n, seed, epoch = g div n), one epoch after another.
 """
 
 from __future__ import annotations
@@ -53,3 +56,19 @@ def shuffled(positions: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray
         out[todo] = _feistel(out[todo], bits // 2, keys)
         todo = out >= np.uint64(n)
     return out.astype(np.int64)
+
+
+def global_order(indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The item of each global index g: shuffled(g mod n, n, seed, epoch = g div n).
+
+    Vectorised: one ``shuffled`` call per epoch the indices span (usually one or two).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if n <= 0:
+        raise ValueError(f"cannot order {n} items")
+    out = np.empty_like(indices)
+    epochs = indices // n
+    for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        out[sel] = shuffled(indices[sel] % n, n, seed, int(epoch))
+    return out

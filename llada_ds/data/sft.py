@@ -22,6 +22,7 @@ as the spec says).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -32,9 +33,10 @@ import numpy as np
 import torch
 
 from ..keys import noise_key
+from .build import split_of
 from .chat import encode_chat
 from .loader import DataState, DataStateError
-from .order import shuffled
+from .order import global_order
 from .shards import ShardError, ShardSet, TokenizerInfo, write_index, write_shard
 from .storage import LocalStorage
 from .tokenizer import Tokenizer
@@ -76,7 +78,7 @@ def build_sft_cache(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fra
     tokens = {"train": [], "validation": []}
     counts = {"train": 0, "validation": 0}
     for d, messages in enumerate(read_dialogues(inputs)):
-        split = "validation" if noise_key(split_seed, 32, 0, d) < val_fraction * 2**64 else "train"
+        split = split_of(d, val_fraction, split_seed)
         for history, answer in pairs_of(messages):
             prompt = encode_chat(tok, history, add_generation_prompt=True)
             full = prompt + tok.encode(answer) + [eot]
@@ -94,8 +96,6 @@ def build_sft_cache(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fra
         storage = LocalStorage(out / split)
         table = np.asarray(rows[split], dtype=np.int64)
         shard = write_shard(storage, 0, np.concatenate(tokens[split]), len(rows[split]))
-        import io
-
         buf = io.BytesIO()
         np.save(buf, table)
         storage.write_atomic(PAIRS, buf.getvalue())
@@ -120,8 +120,6 @@ class SFTData:
         raw = self.storage.read_bytes(PAIRS)
         if hashlib.sha256(raw).hexdigest() != meta["pairs_sha256"]:
             raise ShardError(f"{self.storage.describe(PAIRS)}: checksum mismatch")
-        import io
-
         self.table = np.load(io.BytesIO(raw))
         dialogues, starts = np.unique(self.table[:, 0], return_index=True)
         self.dialogue_start = starts
@@ -130,12 +128,19 @@ class SFTData:
         self.eos = self.shards.eos_id
         self.fingerprint = hashlib.sha256((self.shards.index.fingerprint + meta["pairs_sha256"]).encode()).hexdigest()[:16]
 
+    def pairs_for(self, indices: np.ndarray, seed: int) -> np.ndarray:
+        """The pairs (rows of the table) global samples `indices` train on: sample g takes dialogue
+        global_order(g) of epoch g div n_dialogues, and that dialogue's pair keyed by (seed, epoch)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        dialogues = global_order(indices, self.n_dialogues, seed)
+        epochs = indices // self.n_dialogues
+        k = np.fromiter((noise_key(seed, STREAM_SFT_PAIR, int(e), int(d)) % int(self.dialogue_count[d])
+                         for e, d in zip(epochs, dialogues)), dtype=np.int64, count=len(indices))
+        return self.dialogue_start[dialogues].astype(np.int64) + k
+
     def pair_for(self, g: int, seed: int) -> int:
         """The pair (row of the table) global sample g trains on."""
-        epoch, pos = divmod(g, self.n_dialogues)
-        d = int(shuffled(np.array([pos]), self.n_dialogues, seed, epoch)[0])
-        k = noise_key(seed, STREAM_SFT_PAIR, epoch, d) % int(self.dialogue_count[d])
-        return int(self.dialogue_start[d]) + k
+        return int(self.pairs_for(np.array([g]), seed)[0])
 
     def sample(self, row: int) -> tuple[np.ndarray, int]:
         _, offset, prompt_len, length = (int(v) for v in self.table[row])
@@ -181,8 +186,8 @@ class SFTBatches:
 
     def step(self, step: int) -> list[SFTMicroBatch]:
         indices = list(range(step * self.global_batch, (step + 1) * self.global_batch))
-        rows = [self.data.pair_for(g, self.seed) for g in indices]
-        lengths = [int(self.data.table[r, 3]) for r in rows]
+        rows = self.data.pairs_for(np.array(indices), self.seed).tolist()  # one vectorised lookup per step
+        lengths = self.data.table[rows, 3].tolist()
         order = sorted(range(len(indices)), key=lambda i: (lengths[i], indices[i]))
         chunks = [order[i : i + self.micro_batch] for i in range(0, len(order), self.micro_batch)]
         return [pad_micro_batch([self.data.sample(rows[i]) for i in chunk], [indices[i] for i in chunk],

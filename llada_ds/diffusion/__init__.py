@@ -2,12 +2,12 @@
 
 from .noise import draw_masks, draw_random_length, noise_key
 from .objectives import (
-    DiffusionBatch, DiffusionLoss, NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss, pretrain_batch,
-    sft_batch,
+    N_BUCKETS, DiffusionBatch, DiffusionLoss, NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss,
+    pretrain_batch, sft_batch,
 )
 
 __all__ = [
     "draw_masks", "draw_random_length", "noise_key",
-    "DiffusionBatch", "DiffusionLoss", "NoiseConfig", "autoregressive_loss", "check_tokens", "diffusion_loss",
-    "pretrain_batch", "sft_batch",
+    "N_BUCKETS", "DiffusionBatch", "DiffusionLoss", "NoiseConfig", "autoregressive_loss", "check_tokens",
+    "diffusion_loss", "pretrain_batch", "sft_batch",
 ]

@@ -36,7 +36,6 @@ from ..keys import noise_key  # noqa: F401  (re-exported: part of the noise API)
 # Stream ids keep independent uses of the same (step, index) apart.
 STREAM_MASK = 1  # t and the token mask of a sample
 STREAM_LENGTH = 2  # the per-step random-length cut
-STREAM_LIKELIHOOD = 3  # reserved for Monte Carlo likelihood estimates
 
 # Evaluation noise uses this step: far beyond any training step, so validation losses are
 # computed on fixed draws that training never sees.

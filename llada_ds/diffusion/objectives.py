@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from .noise import draw_masks, draw_random_length
 
+N_BUCKETS = 4  # t-buckets [k/K, (k+1)/K) the losses are monitored by
+
 
 @dataclass(frozen=True)
 class NoiseConfig:
@@ -141,7 +143,7 @@ class DiffusionLoss:
         return float(self.n_correct) / max(int(self.n_masked), 1)
 
 
-def diffusion_loss(logits: torch.Tensor, batch: DiffusionBatch, n_buckets: int = 4) -> DiffusionLoss:
+def diffusion_loss(logits: torch.Tensor, batch: DiffusionBatch, n_buckets: int = N_BUCKETS) -> DiffusionLoss:
     """Weighted cross-entropy over masked positions.
 
     logits: (n_masked, vocab) from ``model(..., logits_mask=batch.masked)``, or (b, l, vocab).
@@ -177,5 +179,5 @@ def autoregressive_loss(logits: torch.Tensor, tokens: torch.Tensor) -> Diffusion
     with torch.no_grad():
         n = torch.tensor(target.numel(), device=tokens.device)
         correct = (pred.argmax(-1) == target).sum()
-        empty = torch.zeros(4, device=tokens.device)
+        empty = torch.zeros(N_BUCKETS, device=tokens.device)
     return DiffusionLoss(ce, n, correct, empty, empty.long())

@@ -12,8 +12,9 @@ backend sees the same segments (flash-attn's varlen kernel can only express cont
 same mechanism serves batched inference: left padding is a run of its own, so real tokens never see
 it. Masking is off by default, as in LLaDA's pre-training and SFT.
 
-A backend is used in two stages: ``prepare(doc_ids)`` once per model forward (mask or cu_seqlens,
-shared by all layers), then ``backend(q, k, v, prepared)`` in each layer.
+A backend is used in two stages: ``prepare(doc_ids, seq_len, device)`` once per model forward
+(mask or cu_seqlens, built on the device and shared by all layers), then ``backend(q, k, v,
+prepared)`` in each layer.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ def cu_seqlens_from_doc_ids(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return cu, max_len
 
 
+def _causal(s: int, device: Optional[torch.device]) -> torch.Tensor:
+    """Boolean (1, 1, s, s) left-to-right mask: query i sees keys 0..i."""
+    return torch.ones(s, s, dtype=torch.bool, device=device).tril()[None, None]
+
+
+def flash_supports_head_dim(head_dim: int) -> bool:
+    """flash-attn 2 runs head dimensions that are multiples of 8, up to 256."""
+    return head_dim % 8 == 0 and head_dim <= 256
+
+
+def _check_flash_head_dim(head_dim: int) -> None:
+    if not flash_supports_head_dim(head_dim):
+        raise ValueError(f"flash-attn needs a head dimension that is a multiple of 8 and at most 256, "
+                         f"got {head_dim}; use model.attention='sdpa'")
+
+
 def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Repeat key/value heads so each query head has its own: (b, s, kv, d) -> (b, s, heads, d)."""
     groups = n_heads // x.shape[2]
@@ -72,11 +89,12 @@ class EagerAttention:
     def __init__(self, causal: bool = False) -> None:
         self.causal = causal
 
-    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None) -> Optional[torch.Tensor]:
+    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None,
+                device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+        """The mask, on doc_ids' device, or on `device` when only the causal mask is needed."""
         mask = None if doc_ids is None else block_diagonal_mask(doc_ids)
         if self.causal:
-            device = None if doc_ids is None else doc_ids.device
-            tril = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
+            tril = _causal(seq_len, device if doc_ids is None else doc_ids.device)
             mask = tril if mask is None else mask & tril
         return mask
 
@@ -87,7 +105,7 @@ class EagerAttention:
         vf = _expand_kv(v, n_heads).float().transpose(1, 2)
         scores = qf @ kf.transpose(-1, -2) / math.sqrt(q.shape[-1])
         if mask is not None:
-            scores = scores.masked_fill(~mask.to(scores.device), float("-inf"))
+            scores = scores.masked_fill(~mask, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ vf
         return out.transpose(1, 2).to(q.dtype)
 
@@ -107,13 +125,13 @@ class SdpaAttention:
     def __init__(self, causal: bool = False) -> None:
         self.causal = causal
 
-    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None) -> Optional[torch.Tensor]:
+    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None,
+                device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
         if doc_ids is None:
             return None  # causal without documents: SDPA's is_causal, no mask tensor
         mask = block_diagonal_mask(doc_ids)
         if self.causal:
-            s = doc_ids.shape[1]
-            mask = mask & torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()[None, None]
+            mask = mask & _causal(doc_ids.shape[1], doc_ids.device)
         return mask
 
     def __call__(self, q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -161,13 +179,12 @@ class FlashAttention:
         self._attn = attn_func
         self._varlen = varlen_func
 
-    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None) -> Optional[tuple[torch.Tensor, int]]:
+    def prepare(self, doc_ids: Optional[torch.Tensor], seq_len: Optional[int] = None,
+                device: Optional[torch.device] = None) -> Optional[tuple[torch.Tensor, int]]:
         return None if doc_ids is None else cu_seqlens_from_doc_ids(doc_ids)
 
     def __call__(self, q, k, v, packed: Optional[tuple[torch.Tensor, int]]) -> torch.Tensor:
-        if q.shape[-1] % 8 or q.shape[-1] > 256:
-            raise ValueError(f"flash-attn needs a head dimension that is a multiple of 8 and at most 256, "
-                             f"got {q.shape[-1]}; use model.attention='sdpa'")
+        _check_flash_head_dim(q.shape[-1])  # also checked once by resolve_backend; kept for direct use
         if packed is None:
             return self._attn(q, k, v, causal=self.causal)
         b, s, h, d = q.shape
@@ -182,11 +199,13 @@ class FlashAttention:
         return out.reshape(b, s, h, d)
 
 
-
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, causal: bool = False) -> Any:
-    """The backend object for a config name; `auto` is flash-attn when it can run, else SDPA."""
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, causal: bool = False,
+                    head_dim: Optional[int] = None) -> Any:
+    """The backend object for a config name; `auto` is flash-attn when it can run (device, dtype,
+    installed, and head_dim when given), else SDPA."""
     if name == "auto":
-        use_flash = device.type == "cuda" and dtype in _FLASH_DTYPES and flash_attn_available()
+        use_flash = (device.type == "cuda" and dtype in _FLASH_DTYPES
+                     and (head_dim is None or flash_supports_head_dim(head_dim)) and flash_attn_available())
         return FlashAttention(causal=causal) if use_flash else SdpaAttention(causal)
     if name == "flash":
         if device.type != "cuda" or dtype not in _FLASH_DTYPES:
@@ -194,6 +213,8 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, causal:
                 f"model.attention='flash' runs on CUDA in fp16/bf16, not on {device.type} in {dtype}; "
                 "use 'auto' to fall back to sdpa"
             )
+        if head_dim is not None:
+            _check_flash_head_dim(head_dim)
         return FlashAttention(causal=causal)
     if name == "sdpa":
         return SdpaAttention(causal)

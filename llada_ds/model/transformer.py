@@ -164,9 +164,9 @@ class LLaDAModel(nn.Module):
         # Under autocast the projections produce the autocast dtype, not the weights' dtype:
         # the kernel choice must follow what q, k and v will be.
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else h.dtype
-        backend = resolve_backend(self.config.attention, device, dtype, causal)
+        backend = resolve_backend(self.config.attention, device, dtype, causal, self.config.head_dim)
         if past is None and key_valid is None:
-            prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device), input_ids.shape[1])
+            prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device), input_ids.shape[1], device)
         else:
             if doc_ids is not None or backend.name == "flash" or causal:
                 raise ValueError("a key/value cache works with the sdpa or eager backend, bidirectional, no doc_ids")
