@@ -19,6 +19,7 @@ GPU is lent). On the GPU machine, run bench/gpu_suite.sh (it installs the carrie
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from llada_ds.model import get_preset  # noqa: E402
 from llada_ds.model.attention import EagerAttention, FlashAttention, SdpaAttention, flash_attn_available  # noqa: E402
+from llada_ds.train.monitor import measure_matmul_tflops, peak_tflops  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -52,12 +54,6 @@ def timeit(fn, device: torch.device, warmup: int, iters: int) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - start) / iters
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, iters: int) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / timeit(lambda: a @ b, device, 3, iters) / 1e12
 
 
 def sdpa_backends():
@@ -138,7 +134,7 @@ def time_attention(device: torch.device, dtype: torch.dtype, batch: int, seq: in
 
         row = {"backend": name, "batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim}
         try:
-            ctx = forced(enum) if enum is not None else _null()
+            ctx = forced(enum) if enum is not None else contextlib.nullcontext()
             with ctx:
                 t_f = timeit(fwd, device, 2, iters)
                 t_fb = timeit(fwd_bwd, device, 2, iters)
@@ -148,14 +144,6 @@ def time_attention(device: torch.device, dtype: torch.dtype, batch: int, seq: in
             row["unsupported"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         rows.append(row)
     return rows
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # -- 3. training step -----------------------------------------------------------------------------------
@@ -297,7 +285,8 @@ def main() -> None:
         if args.layers:
             overrides["n_layers"] = args.layers
     run_section(results, "matmul", lambda: {
-        "dtype": str(dtype), "tflops": matmul_tflops(device, dtype, 1024 if args.tiny else 8192, 4 if args.tiny else 10)}, log)
+        "dtype": str(dtype),
+        "tflops": measure_matmul_tflops(device, dtype, 1024 if args.tiny else 8192, 4 if args.tiny else 10)}, log)
     run_section(results, "attention_correctness",
                 lambda: check_backends(device, dtype, 64 if args.tiny else 1024, heads, head_dim), log)
     run_section(results, "attention_speed", lambda: time_attention(device, dtype, batch, seq, heads, head_dim, iters), log)
@@ -310,7 +299,10 @@ def main() -> None:
         device), log)
 
     peak = results["matmul"].get("tflops") if isinstance(results["matmul"], dict) else None
-    nominal = 989.0 if device.type == "cuda" else None
+    nominal = None  # this GPU's dense bf16 peak from the monitor's table, when it knows the GPU
+    if device.type == "cuda":
+        value, source = peak_tflops(device, torch.bfloat16, None)
+        nominal = value if source.endswith("bf16 peak") else None
     log(f"device {results['device']}, torch {results['torch']}, deepspeed {results['deepspeed']}, "
         f"measured matmul {peak:.1f} TFLOP/s ({dtype})" if peak else "matmul failed")
     for row in results["attention_correctness"] if isinstance(results["attention_correctness"], list) else []:

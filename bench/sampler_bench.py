@@ -43,8 +43,7 @@ def main() -> None:
         model, state = load_plain_model(Path(args.model))
         tok = Tokenizer.load(state["config"]["data"]["tokenizer"])
         prompts = [tok.encode(p) for p in PROMPTS]
-        sp = tok.special
-        special = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+        special = SpecialTokens.of(tok.special)
         source = f"trained run {args.model} (step {state['step']})"
     except Exception as exc:  # no trained run: a random model still measures speed
         from llada_ds.model import build_model, get_preset

@@ -79,7 +79,7 @@ def llada_ds_run(recipe: Path, run_dir: Path, steps: int, warmup: int) -> float:
     records = [r for r in records if "loss" in r]
     # Throughput between the end of the warm-up steps and the last step (wall clock of rank 0).
     first, last = records[warmup - 1], records[-1]
-    tokens = sum(16 * 256 for r in records[warmup:])
+    tokens = last["tokens_seen"] - first["tokens_seen"]  # all ranks' tokens of steps warmup..last
     return tokens / (last["time"] - first["time"])
 
 

@@ -85,8 +85,7 @@ def _load_for_sampling(args: argparse.Namespace):
 
     loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
-    sp = tokenizer.special
-    tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+    tokens = SpecialTokens.of(tokenizer.special)
     cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps or args.gen_length,
                         block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
                         remasking=args.remasking, forbid_eos=args.forbid_eos,
@@ -120,14 +119,9 @@ def _render(tokenizer, ids) -> str:
     return "".join(out)
 
 
-def _cut(row: list[int], stops: tuple[int, ...]) -> list[int]:
-    for i, t in enumerate(row):
-        if t in stops:
-            return row[:i]
-    return row
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from .inference import cut_at
+
     model, tokenizer, cfg, tokens, fast = _load_for_sampling(args)
 
     def show(step, canvas):
@@ -137,12 +131,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     prompts = [tokenizer.encode(p) for p in args.prompt]
     out = _sample(model, prompts, cfg, tokens, fast, show if args.show_steps else None)
     for text, row in zip(args.prompt, out.tolist()):
-        print(f"{text}{tokenizer.decode(_cut(row, (tokens.eos,)))}")
+        print(f"{text}{tokenizer.decode(cut_at(row, (tokens.eos,)))}")
     return 0
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .data.chat import encode_chat
+    from .inference import cut_at
 
     model, tokenizer, cfg, tokens, fast = _load_for_sampling(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -158,7 +153,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             print(f"[step {step:3d}] {_render(tokenizer, canvas[0].tolist())!r}", flush=True)
 
         row = _sample(model, [ids], cfg, tokens, fast, show if args.show_steps else None)[0].tolist()
-        answer = tokenizer.decode(_cut(row, (tokens.eot, tokens.eos)))
+        answer = tokenizer.decode(cut_at(row, (tokens.eot, tokens.eos)))
         messages.append({"role": "assistant", "content": answer})
         print(f"assistant: {answer}", flush=True)
     return 0
@@ -201,7 +196,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                          "or --instruction-test")
     if shards and args.instruction_test is None or args.shards:
         seq_len = args.seq_len or data.get("seq_len") or model.config.max_seq_len
-        loss = validation_elbo(model, shards, tokenizer, seq_len, args.samples)
+        # The run's own validation noise (objective.noise_seed, eps) for a checkpoint; defaults for a folder.
+        loss = validation_elbo(model, shards, tokenizer, seq_len, args.samples, noise=loaded.noise())
         print(f"validation loss (ELBO bound, nats/token) {loss:.4f} on up to {args.samples} windows of "
               f"{seq_len} from {shards}")
     if args.instruction_test:

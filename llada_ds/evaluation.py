@@ -1,16 +1,20 @@
 """Evaluation of a trained model: validation loss (the ELBO bound) and multiple-choice accuracy.
 
-- validation_elbo: the pre-training objective on held-out windows with fixed noise (the same
-  numbers a training run's validation loss reports), in nats per token: an upper bound on the
-  negative log-likelihood.
+- validation_elbo: the pre-training objective on held-out windows with fixed noise, in nats per
+  token: an upper bound on the negative log-likelihood. With the run's noise (its objective's
+  noise_seed and eps, as `llada-ds eval` passes for a checkpoint) it scores the same windows with
+  the same noise as a training run's validation loss; the trainer rounds the number of windows
+  down to a multiple of world size x micro batch, so it may average over fewer of them.
 - multiple_choice: for each (context, choices, answer) record, the choice with the highest Monte
   Carlo conditional log-likelihood (diffusion/likelihood.py) wins; accuracy over the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,15 +27,16 @@ from .diffusion.likelihood import log_likelihood
 from .diffusion.noise import EVAL_STEP
 
 
-
 @torch.no_grad()
 def validation_elbo(model, shards_dir: str, tokenizer: Tokenizer, seq_len: int, samples: int, batch: int = 8,
-                    noise_seed: int = 0) -> float:
+                    noise: Optional[NoiseConfig] = None) -> float:
+    """Mean loss over the first min(samples, windows) windows of seq_len. noise: its seed and eps
+    (default: seed 0, default eps); windows are never cut to a random length."""
     shards = ShardSet(LocalStorage(shards_dir), verify="header", tokenizer_fingerprint=tokenizer.fingerprint)
     n = min(samples, shards.total_tokens // seq_len)
     if n == 0:
         raise ValueError(f"{shards_dir}: fewer tokens than one window of {seq_len}")
-    noise = NoiseConfig(seed=noise_seed, random_length_prob=0.0)
+    noise = dataclasses.replace(noise or NoiseConfig(), random_length_prob=0.0)
     total = 0.0
     for start in range(0, n, batch):
         idx = list(range(start, min(start + batch, n)))

@@ -23,28 +23,50 @@ class LoadedModel:
     source: str  # "checkpoint" or "huggingface"
     step: Optional[int] = None
     data: Optional[dict] = None  # the run's data config, for checkpoints
+    objective: Optional[dict] = None  # the run's objective config (noise seed, eps), for checkpoints
+
+    def noise(self):
+        """The fixed noise of the run's validation: its objective's seed and eps, no random-length
+        cut (a Hugging Face folder has no run: the defaults)."""
+        from .diffusion import NoiseConfig
+
+        objective = self.objective or {}
+        defaults = NoiseConfig()
+        return NoiseConfig(seed=objective.get("noise_seed", defaults.seed), eps=objective.get("eps", defaults.eps),
+                           random_length_prob=0.0)
+
+
+def cut_at(row: list[int], stops) -> list[int]:
+    """A generated row up to (not including) its first stop id (EOS, end of turn)."""
+    for i, t in enumerate(row):
+        if t in stops:
+            return row[:i]
+    return row
 
 
 def load_for_inference(path: str | Path, tokenizer: Optional[str] = None, device: Optional[str] = None,
                        dtype: Optional[str] = None) -> LoadedModel:
     """device: default cuda when available, else cpu; dtype: bf16 | fp32 (default bf16 on cuda)."""
-    loaded = _load(Path(path), tokenizer)
     import torch
+
+    from .hf.adapter import DTYPES
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = dtype or ("bf16" if dev.type == "cuda" else "fp32")
-    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"dtype {name!r} is not one of {', '.join(dtypes)}")
-    loaded.model = loaded.model.to(device=dev, dtype=dtypes[name]).eval()
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    loaded = _load(Path(path), tokenizer, DTYPES[name])
+    loaded.model = loaded.model.to(device=dev, dtype=DTYPES[name]).eval()
     return loaded
 
 
-def _load(path: Path, tokenizer: Optional[str]) -> LoadedModel:
+def _load(path: Path, tokenizer: Optional[str], dtype) -> LoadedModel:
+    """dtype: a Hugging Face folder's weights are cast to it while read (never a full fp32 copy of
+    a bf16 model first)."""
     if (path / "config.json").is_file():
         from .hf.adapter import load_llada_folder
 
-        model, _ = load_llada_folder(path)
+        model, _ = load_llada_folder(path, dtype)
         tok = Tokenizer.load(tokenizer or path)
         if tok.vocab_size > model.config.vocab_size:
             raise ValueError(f"tokenizer of {tokenizer or path} has {tok.vocab_size} tokens, the model "
@@ -57,4 +79,5 @@ def _load(path: Path, tokenizer: Optional[str]) -> LoadedModel:
     if tok.fingerprint != state["tokenizer"]:
         raise ValueError(f"tokenizer {tok.path} ({tok.fingerprint}) is not the one the model was trained with "
                          f"({state['tokenizer']}); pass --tokenizer")
-    return LoadedModel(model, tok, "checkpoint", state["step"], state["config"]["data"])
+    return LoadedModel(model, tok, "checkpoint", state["step"], state["config"]["data"],
+                       state["config"].get("objective"))

@@ -24,7 +24,7 @@ from lm_eval.api.registry import register_model
 from .diffusion.fast_sampler import FastConfig, generate_fast
 from .diffusion.likelihood import log_likelihood
 from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
-from .inference import load_for_inference
+from .inference import cut_at, load_for_inference
 
 
 def _bool(v) -> bool:
@@ -43,8 +43,7 @@ class LLaDAHarnessModel(LM):
             device = None  # lm-eval's own default is "cuda": on a CPU-only machine take the CPU
         loaded = load_for_inference(model, tokenizer, device, dtype)
         self.model, self.tok = loaded.model, loaded.tokenizer
-        sp = self.tok.special
-        self.special = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+        self.special = SpecialTokens.of(self.tok.special)
         self.mc_num, self.mc_batch, self.seed = int(mc_num), int(mc_batch), int(seed)
         self.cfg_scale = float(cfg_scale)
         self.sampler = SamplerConfig(gen_length=int(gen_length), steps=int(steps or gen_length),
@@ -92,8 +91,7 @@ class LLaDAHarnessModel(LM):
                 row = generate(self.model, ids, self.sampler, self.special)[0].tolist()
             else:
                 row = generate_fast(self.model, ids, self.sampler, self.special, self.fast)[0][0].tolist()
-            cut = next((i for i, t in enumerate(row) if t in (self.special.eos, self.special.eot)), len(row))
-            text = self.tok.decode(row[:cut])
+            text = self.tok.decode(cut_at(row, (self.special.eos, self.special.eot)))
             for stop in until:
                 if stop and stop in text:
                     text = text[: text.index(stop)]

@@ -242,8 +242,7 @@ def answer(objective: str, model: torch.nn.Module, tok: Tokenizer, prompts: Sequ
     on a canvas of exactly the training row length."""
     encoded = [[tok.special.bos] + encode(tok, p) for p in prompts]
     out: list[str] = [""] * len(prompts)
-    sp = tok.special
-    tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+    tokens = SpecialTokens.of(tok.special)
     for length in sorted({len(e) for e in encoded}):
         idx = [i for i, e in enumerate(encoded) if len(e) == length]
         batch = torch.tensor([encoded[i] for i in idx])

@@ -37,3 +37,41 @@ def test_bad_arguments_give_clear_errors(capsys):
     with pytest.raises(SystemExit):
         main(["info", "--preset", "llada-70b"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(200)
+def test_eval_uses_the_runs_validation_noise(shakespeare_texts, sp_tokenizer, tmp_path):
+    """`llada-ds eval` scores a checkpoint with its run's objective.noise_seed and eps, as the trainer's
+    validation does; a Hugging Face folder (no run) gets the default noise."""
+    import numpy as np
+    import torch
+
+    from llada_ds.data.build import BuildConfig, build_shards
+    from llada_ds.data.shards import ShardSet
+    from llada_ds.data.storage import LocalStorage
+    from llada_ds.data.tokenizer import Tokenizer
+    from llada_ds.diffusion import NoiseConfig, diffusion_loss, pretrain_batch
+    from llada_ds.diffusion.noise import EVAL_STEP
+    from llada_ds.evaluation import validation_elbo
+    from llada_ds.inference import LoadedModel
+    from llada_ds.model import ModelConfig, build_model
+
+    build_shards(BuildConfig(inputs=[str(p) for p in shakespeare_texts[:6]], out_dir=str(tmp_path / "shards"),
+                             tokenizer=str(sp_tokenizer), val_fraction=0.2, split_seed=1), progress_bar=False)
+    shards = str(tmp_path / "shards" / "validation")
+    tok = Tokenizer.load(sp_tokenizer)
+    model = build_model(ModelConfig(vocab_size=4096, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2,
+                                    ffn_hidden_size=64, max_seq_len=32)).eval()
+    run = LoadedModel(model, tok, "checkpoint", objective={"kind": "pretrain", "noise_seed": 7, "eps": 0.01,
+                                                           "random_length_prob": 0.05})
+    assert run.noise() == NoiseConfig(seed=7, eps=0.01, random_length_prob=0.0)
+    assert LoadedModel(model, tok, "huggingface").noise() == NoiseConfig(random_length_prob=0.0)
+
+    # The trainer's validation loss on the same 4 windows with the run's noise (one batch of 4).
+    windows = ShardSet(LocalStorage(shards)).read_windows(np.arange(4) * 32, 32)
+    b = pretrain_batch(torch.from_numpy(windows), list(range(4)), EVAL_STEP, tok.special.mask, run.noise())
+    with torch.no_grad():
+        reference = diffusion_loss(model(b.noisy, logits_mask=b.masked), b).loss.item()
+    ours = validation_elbo(model, shards, tok, 32, 4, batch=2, noise=run.noise())
+    assert ours == pytest.approx(reference, rel=1e-5)
+    assert validation_elbo(model, shards, tok, 32, 4, batch=2) != pytest.approx(ours, rel=1e-5)

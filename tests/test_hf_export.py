@@ -4,22 +4,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from test_hf_adapter import SMALL
 
 from llada_ds.data.tokenizer import Tokenizer
-from llada_ds.hf.adapter import load_llada_folder
+from llada_ds.hf.adapter import load_llada_folder, read_weights
 from llada_ds.hf.export import AUTO_MAP, ExportError, export_model, verify_export
-from llada_ds.model import ModelConfig, build_model
-
-SMALL = ModelConfig(vocab_size=4096, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_size=96,
-                    max_seq_len=64)
-
-
-def tensors(folder):
-    out = {}
-    for f in sorted(folder.glob("model*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
+from llada_ds.model import build_model
 
 
 @pytest.mark.timeout(200)
@@ -41,7 +31,7 @@ def test_export_loads_in_transformers_with_equal_logits_and_round_trips(sp_token
     # Export -> read back -> export: the tensors are byte-identical.
     again, _ = load_llada_folder(out, torch.float32 if dtype == "fp32" else torch.bfloat16)
     export_model(again, tok, tmp_path / "b", dtype=dtype, max_shard_size="300KB", verify=False)
-    first, second = tensors(out), tensors(tmp_path / "b")
+    first, second = read_weights(out), read_weights(tmp_path / "b")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) and first[k].dtype == second[k].dtype for k in first)
 
@@ -76,12 +66,11 @@ def test_import_then_export_round_trips_byte_identical_tensors(sp_tokenizer, tmp
     res = subprocess.run([sys.executable, "-m", "llada_ds.cli", "export", str(ckpt), str(tmp_path / "second"),
                           "--dtype", "bf16"], capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, res.stderr[-2000:]
-    a, b = tensors(first), tensors(tmp_path / "second")
+    a, b = read_weights(first), read_weights(tmp_path / "second")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
 def test_pickled_weights_are_refused(tmp_path):
-    from llada_ds.hf.adapter import read_weights
     from llada_ds.model import ConfigError
 
     torch.save({"x": torch.zeros(1)}, tmp_path / "pytorch_model.bin")

@@ -105,19 +105,19 @@ def exact_match(model, tokenizer, test_path: str | Path, sampler_cfg, limit: int
                 batch: int = 16) -> dict:
     """Share of held-out instructions whose sampled answer equals the expected one."""
     from ..diffusion.sampler import SpecialTokens, generate
+    from ..inference import cut_at
     from .chat import encode_chat
 
     records = [json.loads(x) for x in Path(test_path).read_text().splitlines() if x.strip()][:limit]
     sp = tokenizer.special
-    tokens = SpecialTokens(mask=sp.mask, pad=sp.pad, eos=sp.eos, eot=sp.eot)
+    tokens = SpecialTokens.of(sp)
     correct, examples = 0, []
     for i in range(0, len(records), batch):
         chunk = records[i : i + batch]
         prompts = [encode_chat(tokenizer, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
                    for r in chunk]
         for r, row in zip(chunk, generate(model, prompts, sampler_cfg, tokens).tolist()):
-            cut = next((j for j, t in enumerate(row) if t in (sp.eot, sp.eos)), len(row))
-            answer = tokenizer.decode(row[:cut]).strip()
+            answer = tokenizer.decode(cut_at(row, (sp.eot, sp.eos))).strip()
             correct += int(answer == r["answer"])
             if len(examples) < 3:
                 examples.append((r["prompt"], r["answer"], answer))

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -120,6 +121,17 @@ class Tokenizer:
             if name.startswith("tokenizer") or name in ("special_tokens_map.json", "vocab.json", "merges.txt"):
                 h.update(name.encode() + (path / name).read_bytes())
         return cls(tok, "transformers", special, len(tok), "hf-" + h.hexdigest()[:16], str(path))
+
+    # -- saving ----------------------------------------------------------------------------------
+    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
+        """Write this tokenizer as a Hugging Face tokenizer folder (AutoTokenizer, identical ids)."""
+        out = Path(out_dir)
+        if self.kind == "sentencepiece":
+            transformers_tokenizer(self.path).save_pretrained(str(out))
+            # transformers 5 saves tokenizer.json only; 4.x also needs the sentencepiece model itself.
+            shutil.copyfile(Path(self.path) / SP_MODEL, out / SP_MODEL)
+        else:
+            self._backend.save_pretrained(str(out))
 
     # -- encoding --------------------------------------------------------------------------------
     def _piece(self, i: int) -> str:

@@ -61,6 +61,11 @@ class SpecialTokens:
     eos: int
     eot: int
 
+    @classmethod
+    def of(cls, special) -> "SpecialTokens":
+        """The sampler's ids from a tokenizer's special ids (anything with mask, pad, eos, eot)."""
+        return cls(mask=special.mask, pad=special.pad, eos=special.eos, eot=special.eot)
+
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 

@@ -16,6 +16,8 @@ import torch
 
 from ..model import ConfigError, LLaDAModel, ModelConfig
 
+# The dtype names the command line takes (--dtype), for loading, casting and export.
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 PREFIX = "model.transformer."
 _GLOBAL = {"embed.weight": "wte.weight", "norm.weight": "ln_f.weight", "head.weight": "ff_out.weight"}
 _BLOCK = {
@@ -155,11 +157,8 @@ def import_llada_folder(folder: str | Path, out_dir: str | Path) -> Path:
     from ..data.tokenizer import Tokenizer
 
     folder, out = Path(folder), Path(out_dir)
-    conf = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else None
-    if conf is None:
-        raise ConfigError(f"{folder}: no config.json")
-    cfg = model_config_from_llada(conf, str(folder / "config.json"))
-    model, _ = load_llada_folder(folder, None)  # checks names and shapes, naming what is wrong
+    model, conf = load_llada_folder(folder, None)  # checks config, names and shapes, naming what is wrong
+    cfg = model.config
     tok_dir = out / "tokenizer"
     tok_dir.mkdir(parents=True, exist_ok=True)
     for f in folder.iterdir():

@@ -18,9 +18,9 @@ from typing import Optional
 
 import torch
 
-from ..data.tokenizer import Tokenizer, transformers_tokenizer
+from ..data.tokenizer import Tokenizer
 from ..model import LLaDAModel
-from .adapter import llada_config, load_llada_folder, to_llada_state_dict
+from .adapter import DTYPES, llada_config, load_llada_folder, to_llada_state_dict
 
 REMOTE_DIR = Path(__file__).parent / "remote"
 AUTO_MAP = {
@@ -28,7 +28,6 @@ AUTO_MAP = {
     "AutoModel": "modeling_llada.LLaDAModelLM",
     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
 }
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
 class ExportError(RuntimeError):
@@ -99,18 +98,13 @@ def export_model(model: LLaDAModel, tokenizer: Tokenizer, out_dir: str | Path, d
         old.unlink()  # a previous export's shards must not mix with this one's
     save_torch_state_dict(state, str(out), max_shard_size=max_shard_size)
     config = llada_config(model.config, sp.mask, sp.eos, sp.pad)
-    config.update(auto_map=AUTO_MAP, bos_token_id=sp.bos, torch_dtype={"bf16": "bfloat16", "fp32": "float32",
-                                                                        "fp16": "float16"}[dtype])
+    config.update(auto_map=AUTO_MAP, bos_token_id=sp.bos, torch_dtype=str(DTYPES[dtype]).removeprefix("torch."))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name in ("configuration_llada.py", "modeling_llada.py"):
         shutil.copyfile(REMOTE_DIR / name, out / name)
+    tokenizer.save_pretrained(out)
     if tokenizer.kind == "sentencepiece":
-        transformers_tokenizer(tokenizer.path).save_pretrained(str(out))
-        # transformers 5 saves tokenizer.json only; 4.x also needs the sentencepiece model itself.
-        shutil.copyfile(Path(tokenizer.path) / "tokenizer.model", out / "tokenizer.model")
         _portable_tokenizer_config(out / "tokenizer_config.json")
-    else:
-        tokenizer._backend.save_pretrained(str(out))
     generation = {"mask_token_id": sp.mask, "eos_token_id": sp.eos, "pad_token_id": sp.pad, "bos_token_id": sp.bos,
                   "eot_token_id": sp.eot, "steps": 128, "gen_length": 128, "block_length": 32, "temperature": 0.0,
                   "remasking": "low_confidence"}
@@ -124,7 +118,6 @@ def export_model(model: LLaDAModel, tokenizer: Tokenizer, out_dir: str | Path, d
 @torch.no_grad()
 def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -> float:
     """Load the folder with transformers (offline) and compare logits and token ids with ours."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ours, _ = load_llada_folder(folder, torch.float32)
@@ -156,19 +149,18 @@ def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, step: Optional[int] = None, dtype: str = "bf16",
                       max_shard_size: str = "5GB", verify: bool = True) -> Path:
     """Export a llada-ds checkpoint (run directory or step directory; any world size)."""
-    from ..train.checkpoint import load_plain_model, resolve_checkpoint, tag_for
+    from ..train.checkpoint import load_plain_model, tag_for
 
     path = Path(ckpt)
     if step is not None:
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         path = root / tag_for(step)
-    ckpt_dir = resolve_checkpoint(path)
-    model, state = load_plain_model(ckpt_dir)
+    model, state = load_plain_model(path)  # resolves a run directory to its latest checkpoint
     tokenizer = Tokenizer.load(state["config"]["data"]["tokenizer"])
     trained = (f"imported from {state['imported_from']}" if "imported_from" in state else
                f"{state['step']:,} steps, {state['tokens_seen']:,} tokens (data fingerprint "
                f"{state['data']['data_fingerprint']}, tokenizer {state['tokenizer']})")
-    info = {"trained": trained, "mask_id": tokenizer.special.mask}
+    info = {"trained": trained}  # export_model adds the mask id
     return export_model(model, tokenizer, out_dir, dtype, max_shard_size, info, verify)
 
 
