@@ -9,6 +9,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["llada_ds", "llada_ds.*"]),
+    # The packaged recipes and the remote-code files copied into exports must ship with a
+    # non-editable install too.
+    package_data={"llada_ds": ["recipes/*.yaml", "hf/remote/*.py"]},
     # torch is deliberately a range: on CPU machines requirements/cpu.txt pins the CPU wheel,
     # on GPU machines the user's CUDA build is kept. 2.5 is the first with SDPA's enable_gqa.
     install_requires=[
@@ -24,6 +27,9 @@ setup(
         # Hugging Face tokenizer folders (released LLaDA tokenizers) and exports.
         "transformers>=4.44",
         "protobuf",
+        # Imported directly (weights, export, push), not only through transformers.
+        "safetensors",
+        "huggingface_hub",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],

@@ -299,9 +299,3 @@ def _coerce_model_field(key: str, value: Any) -> Any:
     if key not in hints:
         raise ConfigError(f"unknown model config key 'model.{key}'; known: {', '.join(hints)}")
     return _coerce(value, hints[key], f"model.{key}")
-
-
-def run_config_from_dict(values: dict) -> RunConfig:
-    cfg = RunConfig()
-    _apply(cfg, values, "")
-    return cfg

@@ -13,15 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
-
-
-def default_ds_config() -> str:
-    import torch
-
-    return str(DS_CONFIGS / ("zero3.json" if torch.cuda.is_available() else "cpu.json"))
-
-
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m llada_ds.train", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", required=True, help="packaged recipe name (tiny, llada-1b, llada-8b) or a .yaml")
@@ -47,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.shards import ShardError
     from .checkpoint import CheckpointError
     from .distributed import init_distributed, shutdown_distributed
-    from .engine import load_ds_config
+    from .engine import default_ds_config, load_ds_config
     from .loop import Trainer, TrainingError
 
     try:

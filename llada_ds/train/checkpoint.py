@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ..config import ConfigError
 from ..data.storage import LocalStorage
-from .distributed import DistInfo, all_reduce_sum, barrier
+from .distributed import DistInfo, all_reduce_sum, barrier, raise_if_any
 
 LATEST = "latest"
 RUN_STATE = "run_state.json"
@@ -83,12 +84,16 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, run_state: dict, dist: D
     if delay_seconds:
         time.sleep(delay_seconds)  # fault injection: a window in which the save is incomplete
     barrier()
+    error = None
     if dist.is_main:
-        storage = LocalStorage(ckpt_root)
-        storage.write_atomic(f"{tag}/{RUN_STATE}", (json.dumps(run_state, indent=1) + "\n").encode())
-        storage.write_atomic(LATEST, tag.encode())
-        _prune(ckpt_root, keep_last, keep=tag)
-    barrier()
+        try:
+            storage = LocalStorage(ckpt_root)
+            storage.write_atomic(f"{tag}/{RUN_STATE}", (json.dumps(run_state, indent=1) + "\n").encode())
+            storage.write_atomic(LATEST, tag.encode())
+            _prune(ckpt_root, keep_last, keep=tag)
+        except OSError as exc:  # e.g. a full disk: every rank stops with the reason, none waits
+            error = f"saving {path} failed: {exc}"
+    raise_if_any(error, CheckpointError, dist.device, f"rank 0 could not publish {path} (see its log)")
     return path
 
 
@@ -133,17 +138,21 @@ def load_weights(engine, source: Path, dist: DistInfo) -> None:
     """
     import deepspeed
 
-    state, missing = None, []
+    state, error = None, None
     if dist.is_main:
-        if (source / "config.json").is_file():
-            from ..hf.adapter import load_llada_folder
+        try:
+            if (source / "config.json").is_file():
+                from ..hf.adapter import load_llada_folder
 
-            state = dict(load_llada_folder(source)[0].state_dict())
-        else:
-            state = read_checkpoint_weights(source)
-        missing = [n for n, _ in engine.module.named_parameters() if n not in state]
-    if all_reduce_sum([float(len(missing))], dist.device)[0]:
-        raise CheckpointError(f"{source}: tensors missing: {', '.join(missing[:5]) or 'see rank 0'}")
+                state = dict(load_llada_folder(source)[0].state_dict())
+            else:
+                state = read_checkpoint_weights(source)
+            missing = [n for n, _ in engine.module.named_parameters() if n not in state]
+            if missing:
+                error = f"{source}: tensors missing: {', '.join(missing[:5])}"
+        except (CheckpointError, ConfigError, OSError, ValueError) as exc:
+            error = str(exc)
+    raise_if_any(error, CheckpointError, dist.device, f"rank 0 could not read the weights of {source} (see its log)")
     for name, param in engine.module.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
             if dist.is_main:

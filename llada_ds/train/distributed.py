@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
@@ -87,6 +88,28 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def raise_if_any(error: Optional[str], exc_type: type, device: torch.device, elsewhere: str) -> None:
+    """Make a failure seen on one rank fail every rank (one collective, so also a barrier).
+
+    A rank that raised alone would leave the others waiting in their next collective until the
+    process-group timeout; here the failing rank raises its own message, the others `elsewhere`.
+    """
+    if all_reduce_sum([1.0 if error else 0.0], device)[0]:
+        raise exc_type(error or elsewhere)
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's value on every rank (e.g. which checkpoint is `latest`, which another node may see
+    late on a shared file system): all ranks act on one decision."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
 
 
 def barrier() -> None:

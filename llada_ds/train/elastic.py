@@ -36,7 +36,12 @@ def is_converted(path: Path) -> bool:
     return (path / MARKER).is_file() and (path / RUN_STATE).is_file()
 
 
-def convert_to_universal(ckpt: Path, out: Optional[Path] = None, workers: int = 2) -> Path:
+def default_workers() -> int:
+    """Processes for DeepSpeed's extraction and merge: the CPUs, at most 8 (the other ranks wait)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def convert_to_universal(ckpt: Path, out: Optional[Path] = None, workers: Optional[int] = None) -> Path:
     """Convert one complete checkpoint (a step directory) with DeepSpeed's ds_to_universal.
 
     Idempotent: an existing complete conversion is returned as is. The converter runs in its own
@@ -53,8 +58,8 @@ def convert_to_universal(ckpt: Path, out: Optional[Path] = None, workers: int = 
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
-           "--output_folder", str(partial), "--num_extract_workers", str(workers),
-           "--num_merge_workers", str(workers)]
+           "--output_folder", str(partial), "--num_extract_workers", str(workers or default_workers()),
+           "--num_merge_workers", str(workers or default_workers())]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -98,7 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                       "folder, or one step-* checkpoint")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write it (default: CHECKPOINTS/universal/STEP, where a resume looks)")
-    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+    parser.add_argument("--workers", type=int, default=default_workers(),
                         help="processes for DeepSpeed's extraction and merge (default: CPUs, at most 8)")
     args = parser.parse_args(argv)
     try:

@@ -23,6 +23,14 @@ OWNED_BY_RUN_CONFIG = ("train_batch_size", "train_micro_batch_size_per_gpu", "gr
                        "gradient_clipping")
 
 
+DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+def default_ds_config() -> str:
+    """ds_configs/zero3.json on GPU, ds_configs/cpu.json (fp32, gloo) on CPU."""
+    return str(DS_CONFIGS / ("zero3.json" if torch.cuda.is_available() else "cpu.json"))
+
+
 def load_ds_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():

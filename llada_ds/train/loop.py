@@ -34,20 +34,20 @@ from ..data.loader import DataState, DistributedBatches, WindowDataset
 from ..data.shards import ShardError, ShardIndex, ShardSet
 from ..data.storage import LocalStorage
 from ..data.tokenizer import Tokenizer
-from ..diffusion import NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss, pretrain_batch, sft_batch
+from ..diffusion import (
+    N_BUCKETS, NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss, pretrain_batch, sft_batch,
+)
 from ..diffusion.noise import EVAL_STEP
 from ..model.sizing import count, train_flops_per_token
 from .checkpoint import (
     CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, load_weights, newer_checkpoints,
-    read_run_state, save_checkpoint,
+    read_run_state, resolve_checkpoint, save_checkpoint,
 )
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, from_main, raise_if_any
 from .elastic import is_converted
 from .engine import build_engine, fill_ds_config, repair_universal_load, set_learning_rate
 from .monitor import Monitor, memory_gib, peak_tflops
 from .schedule import learning_rate
-
-N_BUCKETS = 4
 
 
 class TrainingError(RuntimeError):
@@ -64,11 +64,7 @@ def _open_shards(path: str, cfg: RunConfig, tokenizer: Tokenizer, dist: DistInfo
                           verify_shards=range(dist.rank, n, dist.world))
     except ShardError as exc:
         error = str(exc)
-    failed = all_reduce_sum([1.0 if error else 0.0], dist.device)[0]
-    if error:
-        raise ShardError(error)
-    if failed:
-        raise ShardError(f"{path}: another rank found a corrupt or mismatching shard (see its log)")
+    raise_if_any(error, ShardError, dist.device, f"{path}: another rank found a corrupt or mismatching shard (see its log)")
     return shards
 
 
@@ -103,17 +99,7 @@ class Trainer:
                                               dist.world, cfg.data.document_masking)
         self.noise = NoiseConfig(cfg.objective.noise_seed, cfg.objective.eps, cfg.objective.random_length_prob)
         self.ds_config = fill_ds_config(ds_config, cfg, dist.world)
-        # The checkpoint to resume is chosen before the engine exists: one written by another
-        # number of ranks is loaded through its universal form, which the engine must know of.
-        resume_from = self._pick_checkpoint(resume)
-        self.universal_from: Optional[Path] = None
-        if resume_from is not None and (is_converted(resume_from) or
-                                        read_run_state(resume_from).get("world_size", dist.world) != dist.world):
-            self.universal_from = resume_from
-            if not is_converted(resume_from):  # (given a converted one, e.g. by tools/elastic_resume.py)
-                resume_from = self._universal(resume_from)
-            self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
-        self.engine, self.model = build_engine(cfg, self.model_cfg, self.ds_config, dist)
+        self.engine, _ = build_engine(cfg, self.model_cfg, self.ds_config, dist)
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
         # Run state: everything besides DeepSpeed's tensors that a resume needs.
@@ -127,14 +113,15 @@ class Trainer:
         self._injected: set[int] = set()
         self._stop_signal: Optional[int] = None
         self.monitor_note = ""
-        self._resume(resume_from)
+        self._resume(self._pick_checkpoint(resume))
 
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         params = count(self.model_cfg)
         self.flops_per_token = train_flops_per_token(self.model_cfg, cfg.data.seq_len, params)
-        peak, peak_source = peak_tflops(dist.device, self.dtype, cfg.log.peak_tflops)
+        # Only rank 0 reports (on CPU the peak is measured: no need to run that on every rank).
+        peak, peak_source = peak_tflops(dist.device, self.dtype, cfg.log.peak_tflops) if dist.is_main else (0.0, "")
         wandb_cfg = ({"project": cfg.log.wandb_project, "id": self.wandb_id, "config": cfg.to_dict()}
                      if cfg.log.wandb else None)
         self.monitor = Monitor(run_dir, dist.is_main, self.flops_per_token, peak, dist.world, wandb_cfg)
@@ -171,7 +158,7 @@ class Trainer:
             if latest_checkpoint(self.ckpt_root) is not None:
                 raise CheckpointError(f"{self.run_dir} already holds checkpoints; use --resume auto or another run dir")
             return None
-        ckpt = latest_checkpoint(self.ckpt_root) if resume == "auto" else Path(resume)
+        ckpt = from_main(latest_checkpoint(self.ckpt_root)) if resume == "auto" else Path(resume)
         if ckpt is None:
             return None
         state = read_run_state(ckpt)
@@ -194,12 +181,34 @@ class Trainer:
                 convert_to_universal(ckpt)
             except (CheckpointError, OSError) as exc:
                 error = str(exc)
-        if all_reduce_sum([1.0 if error else 0.0], self.dist.device)[0]:  # also the barrier
-            raise CheckpointError(error or f"rank 0 could not convert {ckpt} to a universal checkpoint (see its log)")
+        raise_if_any(error, CheckpointError, self.dist.device,
+                     f"rank 0 could not convert {ckpt} to a universal checkpoint (see its log)")
         return universal_path(ckpt)
 
+    def _load(self, ckpt: Path) -> tuple[dict, Optional[Path]]:
+        """Load a complete checkpoint (weights, optimizer, run state) written by any world size:
+        (run state, the universal copy it was loaded through, if the world size differed)."""
+        universal = is_converted(ckpt) or read_run_state(ckpt).get("world_size", self.dist.world) != self.dist.world
+        via = (ckpt if is_converted(ckpt) else self._universal(ckpt)) if universal else None
+        # DeepSpeed consults this switch only while loading: on for this load alone, so a later
+        # load (recovery) of a checkpoint written at this world size takes the ordinary path.
+        self.engine._config.load_universal_checkpoint = universal
+        try:
+            state = load_checkpoint(self.engine, via or ckpt)
+        finally:
+            self.engine._config.load_universal_checkpoint = False
+        if universal:
+            repair_universal_load(self.engine, self.cfg)
+        return state, via
+
     def _resume(self, ckpt: Optional[Path]) -> None:
-        if self.cfg.train.init_from:
+        if ckpt is not None:
+            state, via = self._load(ckpt)
+            self._restore(state)
+            if via is not None:
+                self.monitor_note = (f"resumed from {ckpt} (written by {state.get('world_size')} ranks) through its "
+                                     f"universal form {via}")
+        elif self.cfg.train.init_from:
             src = Path(self.cfg.train.init_from)
             if (src / "config.json").is_file():  # a Hugging Face folder in LLaDA's layout
                 from ..hf.adapter import model_config_from_llada
@@ -208,18 +217,8 @@ class Trainer:
                 check_compatible({"model": theirs.to_dict(), "tokenizer": self.tokenizer.fingerprint},
                                  self.model_cfg.to_dict(), self.tokenizer.fingerprint, src)
             else:
-                src = latest_checkpoint(src / "checkpoints") or latest_checkpoint(src) or src
+                src = resolve_checkpoint(src)
                 check_compatible(read_run_state(src), self.model_cfg.to_dict(), self.tokenizer.fingerprint, src)
-        if ckpt is not None:
-            state = load_checkpoint(self.engine, ckpt)
-            if self.universal_from is not None:
-                # Later loads (recovery) read this run's own checkpoints, written at this world size.
-                self.engine._config.load_universal_checkpoint = False
-                repair_universal_load(self.engine, self.cfg)
-                self.monitor_note = (f"resumed from {self.universal_from} (written by {state.get('world_size')} "
-                                     f"ranks) through its universal form {ckpt}")
-            self._restore(state)
-        elif self.cfg.train.init_from:
             load_weights(self.engine, src, self.dist)
             self.monitor_note = f"weights initialised from {src}"
 
@@ -245,8 +244,7 @@ class Trainer:
             micro_batches = self.batches.step(step)
         except ShardError as exc:  # found on this rank only: tell every rank before anyone waits
             error = str(exc)
-        if all_reduce_sum([1.0 if error else 0.0], dist.device)[0]:
-            raise ShardError(error or f"step {step}: another rank read corrupt data (see its log)")
+        raise_if_any(error, ShardError, dist.device, f"step {step}: another rank read corrupt data (see its log)")
         inject = step in cfg.recovery.inject_nonfinite_steps and step not in self._injected
         if inject:
             self._injected.add(step)
@@ -372,22 +370,28 @@ class Trainer:
         if self.recoveries >= self.cfg.recovery.max_recoveries:
             raise TrainingError(f"{self.cfg.recovery.max_bad_steps} bad steps in a row again after "
                                 f"{self.recoveries} recoveries: giving up (recovery.max_recoveries)")
-        ckpt = latest_checkpoint(self.ckpt_root)
+        ckpt = from_main(latest_checkpoint(self.ckpt_root))
         if ckpt is None:
             raise TrainingError(f"{self.cfg.recovery.max_bad_steps} bad steps in a row and no checkpoint to go back to")
-        state = load_checkpoint(self.engine, ckpt)
-        self._restore(state)
-        self.recoveries += 1
-        self.lr_scale *= self.cfg.recovery.lr_factor  # compounding with earlier recoveries
+        # Counted across recoveries: the checkpoint may predate the last one (no save in between),
+        # and its own counters must not undo it, or a recurring bad streak would loop forever.
+        recoveries, lr_scale = self.recoveries + 1, self.lr_scale * self.cfg.recovery.lr_factor
+        self._restore(self._load(ckpt)[0])
+        self.recoveries, self.lr_scale = recoveries, lr_scale
         self.monitor.print(f"recovery {self.recoveries}: reloaded {ckpt.name}, learning rate scale now "
                            f"{self.lr_scale:g}, continuing from step {self.step}")
 
     def run(self, stop_after: Optional[int] = None) -> int:
         """Train to train.steps (or stop_after steps in this process), checkpointing on the way."""
+        try:
+            return self._run(stop_after)
+        finally:
+            self.monitor.close()  # also on an error: the log and wandb are flushed
+
+    def _run(self, stop_after: Optional[int]) -> int:
         cfg = self.cfg
         if self.step >= cfg.train.steps:
             self.monitor.print(f"nothing to do: the run already completed its {cfg.train.steps} steps")
-            self.monitor.close()
             return 0
         self._install_signal_handlers()
         stop_at = cfg.train.steps if stop_after is None else min(cfg.train.steps, self.step + stop_after)
@@ -446,7 +450,6 @@ class Trainer:
             if r["stop"]:
                 path = self.save()
                 self.monitor.print(f"stop requested by a signal: saved {path.name} at step {self.step}; exiting")
-                self.monitor.close()
                 return 0
             # No periodic save during a run of bad steps: recovery must go back to a good state.
             if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop_at
@@ -455,12 +458,10 @@ class Trainer:
         if self.step < cfg.train.steps:
             path = self.save()
             self.monitor.print(f"stopped after {self.step} steps as asked: saved {path.name}; resume with --resume auto")
-            self.monitor.close()
             return 0
         self._log_eval()
         path = self.save()
         self.monitor.print(f"done: {self.step} steps, {self.tokens_seen:,} tokens; final checkpoint {path}")
-        self.monitor.close()
         return 0
 
     @staticmethod

@@ -117,14 +117,17 @@ def _worker_environment(spec: JobSpec) -> None:
 
 def _check_shared_storage(run_dir: Path, dist) -> None:
     """Refuse storage that not every worker sees (checkpoints would be lost on a restart)."""
-    from .distributed import all_reduce_sum, barrier
+    import uuid
+
+    from .distributed import all_reduce_sum, from_main
 
     probe = run_dir / "workers" / "storage-probe"
+    token = uuid.uuid4().hex  # fresh each attempt: a probe left by an earlier one proves nothing
     if dist.is_main:
         probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_text(f"{time.time()}\n")
-    barrier()
-    missing = all_reduce_sum([0.0 if probe.is_file() else 1.0], dist.device)[0]
+        probe.write_text(token)
+    token = from_main(token)  # after rank 0 wrote it
+    missing = all_reduce_sum([0.0 if probe.is_file() and probe.read_text() == token else 1.0], dist.device)[0]
     if missing:
         raise ConfigError(f"{run_dir}: {int(missing)} worker(s) cannot see what rank 0 wrote there; --storage must "
                           "be a file system shared by every node of the cluster")
@@ -139,9 +142,8 @@ def train_worker(config: dict) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch 2.13 vs DeepSpeed's collectives
     spec = JobSpec(**config)
     _worker_environment(spec)
-    from .__main__ import default_ds_config
     from .distributed import init_distributed
-    from .engine import load_ds_config
+    from .engine import default_ds_config, load_ds_config
     from .loop import Trainer, TrainingError
 
     cfg = load_run_config(spec.recipe, spec.overrides)
