@@ -197,6 +197,19 @@ def test_a_skipped_step_changes_neither_weights_nor_optimizer_state(recipe, tmp_
 
 
 @pytest.mark.timeout(300)
+def test_recoveries_compound_and_give_up_after_the_limit(recipe, tmp_path):
+    script = REPO / "tests" / "scripts" / "recover_check.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    res = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=250)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["seen"] == [{"recoveries": 1, "lr_scale": 0.5, "step": 2},
+                              {"recoveries": 2, "lr_scale": 0.25, "step": 2}]
+    assert "after 2 recoveries: giving up" in result["gave_up"]
+
+
+@pytest.mark.timeout(300)
 def test_checkpoint_of_another_model_or_tokenizer_is_refused(recipe, tmp_path):
     run = tmp_path / "run"
     torchrun(recipe, run, "--stop-after", "1", "--eval.every=0", nproc=1)
