@@ -183,14 +183,18 @@ def test_non_finite_losses_skip_updates_then_recover_from_the_last_checkpoint(re
     assert state["recoveries"] == 1 and state["lr_scale"] == 0.5
 
 
+def one_rank_script(name: str, recipe: Path, tmp_path: Path) -> dict:
+    """Run tests/scripts/NAME (one process, in-process Trainer) and return the JSON it prints last."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    res = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / name), str(recipe), str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=250)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.timeout(300)
 def test_a_skipped_step_changes_neither_weights_nor_optimizer_state(recipe, tmp_path):
-    script = REPO / "tests" / "scripts" / "skip_check.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    res = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path)], capture_output=True,
-                         text=True, env=env, timeout=250)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    result = json.loads(res.stdout.strip().splitlines()[-1])
+    result = one_rank_script("skip_check.py", recipe, tmp_path)
     assert result == {"skipped_reason": "non-finite loss", "weights_unchanged": True, "adam_state_unchanged": True,
                       "next_step_applied": True, "weights_changed_after_good_step": True,
                       "spike_reason": "loss spike", "spike_left_state_untouched": True}
@@ -198,12 +202,7 @@ def test_a_skipped_step_changes_neither_weights_nor_optimizer_state(recipe, tmp_
 
 @pytest.mark.timeout(300)
 def test_recoveries_compound_and_give_up_after_the_limit(recipe, tmp_path):
-    script = REPO / "tests" / "scripts" / "recover_check.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    res = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path)], capture_output=True,
-                         text=True, env=env, timeout=250)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    result = json.loads(res.stdout.strip().splitlines()[-1])
+    result = one_rank_script("recover_check.py", recipe, tmp_path)
     assert result["seen"] == [{"recoveries": 1, "lr_scale": 0.5, "step": 2},
                               {"recoveries": 2, "lr_scale": 0.25, "step": 2}]
     assert "after 2 recoveries: giving up" in result["gave_up"]
