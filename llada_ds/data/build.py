@@ -29,6 +29,7 @@ from ..keys import noise_key
 from .shards import INDEX_NAME, TOKEN_DTYPE, ShardInfo, TokenizerInfo, write_index, write_shard
 from .storage import LocalStorage
 from .tokenizer import Tokenizer
+from ..errors import BuildError
 
 PROGRESS = "build_progress.json"
 SPLITS = ("train", "validation")
@@ -36,10 +37,6 @@ STREAM_SPLIT = 32
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
-
-
-class BuildError(ValueError):
-    pass
 
 
 @dataclass

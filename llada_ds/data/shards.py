@@ -21,6 +21,7 @@ from typing import Iterable, Literal
 import numpy as np
 
 from .storage import Storage
+from ..errors import ShardError
 
 FORMAT_NAME = "llada-ds-shards"
 FORMAT_VERSION = 1
@@ -29,10 +30,6 @@ HEADER = struct.Struct("<8sIIQQ")  # magic, version, bytes per token, tokens, do
 HEADER_BYTES = HEADER.size  # 32
 TOKEN_DTYPE = np.dtype("<u4")
 INDEX_NAME = "index.json"
-
-
-class ShardError(ValueError):
-    """A shard set is missing, corrupt or does not belong to this run; the message names the file."""
 
 
 def shard_name(i: int) -> str:

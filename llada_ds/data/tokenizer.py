@@ -30,16 +30,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+from ..errors import TokenizerError
 
 SP_MODEL = "tokenizer.model"
 META = "llada_tokenizer.json"
 
 MASK, EOT, START_HEADER, END_HEADER = "<|mdm_mask|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"
 USER_SYMBOLS = [MASK, EOT, START_HEADER, END_HEADER]
-
-
-class TokenizerError(ValueError):
-    """A tokenizer folder is missing, unreadable or lacks a token this project needs."""
 
 
 @dataclass(frozen=True)

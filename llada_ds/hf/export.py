@@ -21,6 +21,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from ..model import LLaDAModel
 from .adapter import DTYPES, llada_config, load_llada_folder, to_llada_state_dict
+from ..errors import ExportError
 
 REMOTE_DIR = Path(__file__).parent / "remote"
 AUTO_MAP = {
@@ -30,8 +31,6 @@ AUTO_MAP = {
 }
 
 
-class ExportError(RuntimeError):
-    pass
 
 
 def _portable_tokenizer_config(path: Path) -> None:

@@ -10,11 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..errors import ConfigError
+
 ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and the value."""
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,13 @@ from typing import Any, Optional
 from ..config import ConfigError
 from ..data.storage import LocalStorage
 from .distributed import DistInfo, all_reduce_sum, barrier, raise_if_any
+from ..errors import CheckpointError
 
 LATEST = "latest"
 RUN_STATE = "run_state.json"
 IMPORTED_WEIGHTS = "weights.safetensors"  # written by `llada-ds import`
 
 
-class CheckpointError(RuntimeError):
-    pass
 
 
 def tag_for(step: int) -> str:

@@ -48,10 +48,9 @@ from .elastic import is_converted
 from .engine import build_engine, fill_ds_config, repair_universal_load, set_learning_rate
 from .monitor import Monitor, memory_gib, peak_tflops
 from .schedule import learning_rate
+from ..errors import TrainingError
 
 
-class TrainingError(RuntimeError):
-    pass
 
 
 def _open_shards(path: str, cfg: RunConfig, tokenizer: Tokenizer, dist: DistInfo) -> ShardSet:
