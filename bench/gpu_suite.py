@@ -1,4 +1,4 @@
-"""The GPU check and benchmark suite: one script, one GPU, under 8 minutes.
+"""The GPU check and benchmark suite: one script, one CUDA GPU.
 
 1. every attention backend available against the eager reference, bf16 on CUDA (SDPA's flash,
    memory-efficient, cuDNN and math kernels forced one at a time, flash-attn if installed), with
@@ -11,9 +11,16 @@
 4. the exact and fast samplers at gen length 256 (block 32) on the same model shape (random
    weights: speed is meaningful, agreement is not).
 
-Results go to OUT/gpu_results.json and OUT/gpu_results.txt. `--tiny` runs the same code on CPU
-with a tiny configuration (tests/test_gpu_suite.py does, so the suite is known to run before a
-GPU is lent). On the GPU machine, run bench/gpu_suite.sh (it installs the carried wheels first).
+Run it on a machine with a CUDA build of torch and llada-ds installed (pip install -e '.[gpu]'):
+
+    python bench/gpu_suite.py [--out DIR] [--layers N]
+
+or through bench/gpu_suite.sh, which also records nvidia-smi and the full log and can install
+wheels offline on a node without internet access (bench/README.md, "Running the GPU suite").
+Results go to DIR/gpu_results.txt (the table) and DIR/gpu_results.json (every figure); DIR is
+gpu_results in the current directory unless --out names another. `--tiny` runs the same code on
+CPU with a tiny configuration (tests/test_gpu_suite.py does, so the suite is known to run end to
+end before it meets a GPU).
 """
 
 from __future__ import annotations
@@ -249,11 +256,15 @@ def run_section(results: dict, name: str, fn, log) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_results"))
-    parser.add_argument("--tiny", action="store_true", help="CPU-sized configuration (to test the suite)")
-    parser.add_argument("--micro-batch", type=int, default=2)
-    parser.add_argument("--preset", default="llada-1b")
-    parser.add_argument("--layers", type=int, default=None, help="depth-reduce the preset if it does not fit")
+    parser.add_argument("--out", default="gpu_results", metavar="DIR",
+                        help="results directory, created if needed (default: gpu_results in the current directory)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a tiny configuration that runs on CPU (to test the suite itself)")
+    parser.add_argument("--micro-batch", type=int, default=2, help="sequences per step of the training section (default 2)")
+    parser.add_argument("--preset", default="llada-1b", help="model preset of the training and sampler sections "
+                        "(default llada-1b)")
+    parser.add_argument("--layers", type=int, default=None, metavar="N",
+                        help="run the preset at depth N, for a GPU on which the full model does not fit")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # DeepSpeed's deprecated collectives
     out = Path(args.out)
@@ -337,6 +348,7 @@ def main() -> None:
                 f"{r['forwards']} forwards{agree} (random weights)")
     (out / "gpu_results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "gpu_results.txt").write_text("\n".join(lines) + "\n")
+    print(f"results in {os.path.abspath(out)}: gpu_results.txt (the table), gpu_results.json (every figure)")
 
 
 if __name__ == "__main__":
