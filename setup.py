@@ -9,9 +9,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["llada_ds", "llada_ds.*"]),
-    # The packaged recipes and the remote-code files copied into exports must ship with a
-    # non-editable install too.
-    package_data={"llada_ds": ["recipes/*.yaml", "hf/remote/*.py"]},
+    # The packaged recipes, the default DeepSpeed configs and the remote-code files copied into
+    # exports must ship with a non-editable install too.
+    package_data={"llada_ds": ["recipes/*.yaml", "ds_configs/*.json", "hf/remote/*.py"]},
     # torch is deliberately a range: on CPU machines requirements/cpu.txt pins the CPU wheel,
     # on GPU machines the user's CUDA build is kept. 2.5 is the first with SDPA's enable_gqa.
     install_requires=[

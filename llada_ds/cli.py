@@ -1,4 +1,9 @@
-"""The `llada-ds` command."""
+"""The `llada-ds` command.
+
+Each subcommand imports what it needs when it runs, so `llada-ds --help` and quick commands do not
+pay for torch, DeepSpeed or transformers. Errors of the project (llada_ds.errors.LladaError) are
+printed as one line with exit code 2; anything else keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,12 @@ import argparse
 import os
 import sys
 
-from .data.instruct_task import ALL_TASKS, EASY_TASKS, TASKS
-from .model.config import PRESETS, ConfigError, get_preset
+from .errors import ConfigError, LladaError
+from .model.config import PRESETS, get_preset
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .model.sizing import describe
+    from .train.memory import describe
 
     if args.gpus < 1 or args.gpus_per_node < 1:
         raise ConfigError(f"--gpus and --gpus-per-node must be at least 1, got {args.gpus} and {args.gpus_per_node}")
@@ -21,7 +26,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_overfit(args: argparse.Namespace) -> int:
     from .model.sizing import count
-    from .overfit import overfit_one_batch
+    from .train.plain import overfit_one_batch
 
     cfg = get_preset(args.preset).replace(attention=args.attention)
     print(f"overfitting one batch of {args.batch_size} x {args.seq_len} random tokens with the {args.preset} "
@@ -185,27 +190,26 @@ def _add_sampler_args(p: argparse.ArgumentParser, gen_length: int) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import multiple_choice, validation_elbo
+    from .diffusion.sampler import SamplerConfig
+    from .evaluation import instruction_exact_match, multiple_choice, validation_of
     from .inference import load_for_inference
 
     loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
-    model, tokenizer, data = loaded.model, loaded.tokenizer, loaded.data or {}
-    shards = args.shards or data.get("validation")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    shards = args.shards or loaded.data.get("validation")
     if args.multiple_choice is None and args.instruction_test is None and not shards:
-        raise ValueError("nothing to evaluate: give --shards (the run has no validation split), --multiple-choice "
-                         "or --instruction-test")
+        raise ConfigError("nothing to evaluate: give --shards (the run has no validation split), --multiple-choice "
+                          "or --instruction-test")
     if shards and args.instruction_test is None or args.shards:
-        seq_len = args.seq_len or data.get("seq_len") or model.config.max_seq_len
-        # The run's own validation noise (objective.noise_seed, eps) for a checkpoint; defaults for a folder.
-        loss = validation_elbo(model, shards, tokenizer, seq_len, args.samples, noise=loaded.noise())
-        print(f"validation loss (ELBO bound, nats/token) {loss:.4f} on up to {args.samples} windows of "
-              f"{seq_len} from {shards}")
+        evaluator, kind, what = validation_of(loaded, shards, args.samples, args.seq_len)
+        loss = evaluator(model)
+        if loss is None:
+            raise ConfigError(f"{shards}: not even one micro-batch of validation data ({what})")
+        label = "next-token loss, nats/token" if kind == "ar" else "ELBO bound, nats/token"
+        print(f"validation loss ({label}) {loss:.4f} on {what} from {shards}")
     if args.instruction_test:
-        from .data.instruct_task import exact_match
-        from .diffusion.sampler import SamplerConfig
-
         cfg = SamplerConfig(gen_length=args.gen_length, steps=args.gen_length, block_length=args.gen_length)
-        r = exact_match(model, tokenizer, args.instruction_test, cfg, args.limit)
+        r = instruction_exact_match(model, tokenizer, args.instruction_test, cfg, args.limit)
         print(f"instruction exact match {r['exact_match']:.4f} on {r['n']} held-out instructions from "
               f"{args.instruction_test}; e.g. " + "; ".join(f"{p!r} -> {got!r} (expected {want!r})"
                                                              for p, want, got in r["examples"]))
@@ -231,7 +235,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .hf.adapter import import_llada_folder
+    from .hf.importer import import_llada_folder
 
     out = import_llada_folder(args.hf_dir, args.out_ckpt)
     print(f"imported {args.hf_dir} into {out}: use it with --model, --train.init_from or llada-ds export")
@@ -243,22 +247,6 @@ def _cmd_sft_data(args: argparse.Namespace) -> int:
 
     counts = build_sft_cache(args.input, args.tokenizer, args.out, args.val_fraction, args.split_seed, args.max_len)
     print(", ".join(f"{split}: {n:,} (history, answer) pairs" for split, n in counts.items()) + f" in {args.out}")
-    return 0
-
-
-def _cmd_sft_task(args: argparse.Namespace) -> int:
-    from .data.instruct_task import generate_task
-
-    counts = generate_task(args.out, args.train, args.test, args.seed, args.tasks)
-    print(f"{counts['train']} training conversations ({args.out}/train.jsonl), {counts['test']} held-out "
-          f"instructions with answers ({args.out}/test.jsonl)")
-    return 0
-
-
-def _cmd_reversal(args: argparse.Namespace) -> int:
-    from .reversal import run_from_args
-
-    run_from_args(args)
     return 0
 
 
@@ -367,23 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--max-len", type=int, default=4096)
     sft.set_defaults(func=_cmd_sft_data)
 
-    task = sub.add_parser("sft-task", help="write the bundled instruction task (checkable answers)")
-    task.add_argument("--out", required=True)
-    task.add_argument("--train", type=int, default=2000)
-    task.add_argument("--test", type=int, default=200)
-    task.add_argument("--seed", type=int, default=0)
-    task.add_argument("--tasks", nargs="+", default=list(TASKS), choices=ALL_TASKS, metavar="FAMILY",
-                      help=f"task families to mix (default: {' '.join(TASKS)}; easier ones for small models: "
-                           f"{' '.join(EASY_TASKS)})")
-    task.set_defaults(func=_cmd_sft_task)
-
-    rev = sub.add_parser("reversal", help="the reversal-curse experiment: a diffusion and an autoregressive model "
-                                          "trained on the same one-direction facts, asked both ways (CPU ok)")
-    from .reversal import add_arguments as reversal_arguments
-
-    reversal_arguments(rev)
-    rev.set_defaults(func=_cmd_reversal)
-
     imp = sub.add_parser("import", help="a Hugging Face folder in LLaDA's released layout -> a llada-ds checkpoint")
     imp.add_argument("hf_dir")
     imp.add_argument("out_ckpt")
@@ -409,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError) as exc:
-        # Our errors name the file, key or value at fault: print them without a traceback.
+    except LladaError as exc:
+        # Our errors name the file, key or value at fault: one line, no traceback. Anything else
+        # (a bug, an out-of-memory error) keeps its traceback.
         print(f"llada-ds: error: {exc}", file=sys.stderr)
         return 2
 

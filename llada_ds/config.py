@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import yaml
 
-from .model.config import ConfigError, ModelConfig, get_preset
+from .errors import ConfigError
+from .model.config import ModelConfig, get_preset
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -104,9 +105,14 @@ class RecoverySection:
     max_recoveries: int = 5  # reloads before the run gives up (the fault is not transient)
     spike_factor: float = 10.0  # a loss above this x its running mean is a bad step; 0 disables
     spike_warmup_steps: int = 20  # good steps before spike detection starts
-    # Fault injection for tests: these steps get a non-finite loss (once per process).
-    inject_nonfinite_steps: list = field(default_factory=list)
-    save_delay_seconds: float = 0.0  # sleep inside a checkpoint save (to test kill -9 during it)
+
+
+@dataclass
+class FaultsSection:
+    """Fault injection, for testing the failure paths on purpose; leave empty in real runs."""
+
+    nonfinite_steps: list = field(default_factory=list)  # these steps get a non-finite loss (once per process)
+    save_delay_seconds: float = 0.0  # sleep inside every checkpoint save (a window to kill the job in)
 
 
 @dataclass
@@ -129,6 +135,7 @@ class RunConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     recovery: RecoverySection = field(default_factory=RecoverySection)
     log: LogSection = field(default_factory=LogSection)
+    faults: FaultsSection = field(default_factory=FaultsSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -158,8 +165,10 @@ class RunConfig:
             (self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0 (0 disables)"),
             (self.checkpoint.every >= 0, "checkpoint.every", self.checkpoint.every, "must be >= 0 (0: on exit only)"),
             (self.recovery.max_recoveries >= 0, "recovery.max_recoveries", self.recovery.max_recoveries, "must be >= 0"),
-            (all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.recovery.inject_nonfinite_steps),
-             "recovery.inject_nonfinite_steps", self.recovery.inject_nonfinite_steps, "must be step numbers"),
+            (all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.faults.nonfinite_steps),
+             "faults.nonfinite_steps", self.faults.nonfinite_steps, "must be step numbers"),
+            (self.faults.save_delay_seconds >= 0, "faults.save_delay_seconds", self.faults.save_delay_seconds,
+             "must be >= 0"),
         ]
         for ok, key, value, why in checks:
             if not ok:

@@ -51,3 +51,7 @@ class TrainingError(LladaError, RuntimeError):
 
 class ExportError(LladaError, RuntimeError):
     """An export or a push to the Hugging Face Hub failed."""
+
+
+class BatchSplitError(ConfigError, DataStateError):
+    """The global batch cannot be split over the ranks in micro batches (a setting, found from the data side too)."""

@@ -1,49 +1,102 @@
-"""Evaluation of a trained model: validation loss (the ELBO bound) and multiple-choice accuracy.
+"""Evaluation of a model: validation loss, multiple-choice accuracy, instruction exact match.
 
-- validation_elbo: the pre-training objective on held-out windows with fixed noise, in nats per
-  token: an upper bound on the negative log-likelihood. With the run's noise (its objective's
-  noise_seed and eps, as `llada-ds eval` passes for a checkpoint) it scores the same windows with
-  the same noise as a training run's validation loss; the trainer rounds the number of windows
-  down to a multiple of world size x micro batch, so it may average over fewer of them.
-- multiple_choice: for each (context, choices, answer) record, the choice with the highest Monte
+- `Evaluator`: the run's objective on fixed validation data with fixed noise (the evaluation step
+  key, no random-length cut). The trainer runs it on every rank of a ZeRO-3 engine (each rank
+  its share, summed with one all-reduce); `llada-ds eval` runs the same code in one process, so
+  both print the same number for the same windows. For the diffusion objectives it is an upper
+  bound on the negative log-likelihood (the ELBO), in nats per token; for the autoregressive
+  baseline the exact next-token loss.
+- `multiple_choice`: for each (context, choices, answer) record, the choice with the highest Monte
   Carlo conditional log-likelihood (diffusion/likelihood.py) wins; accuracy over the file.
+- `instruction_exact_match`: for {prompt, answer} records, the sampler's answer to the chat-formatted
+  prompt, cut at end-of-turn, compared with the expected one after stripping spaces.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
+from .data.batch import MicroBatch
+from .data.chat import encode_chat
+from .data.loader import validation_micro_batches
+from .data.sft import META as SFT_META
+from .data.sft import SFTData
 from .data.shards import ShardSet
 from .data.storage import LocalStorage
-from .data.tokenizer import Tokenizer
-from .diffusion import NoiseConfig, diffusion_loss, pretrain_batch
+from .diffusion import NoiseConfig, Objective, make_objective
 from .diffusion.likelihood import log_likelihood
 from .diffusion.noise import EVAL_STEP
+from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
+from .errors import DataError
+from .inference import LoadedModel, cut_at
 
 
-@torch.no_grad()
-def validation_elbo(model, shards_dir: str, tokenizer: Tokenizer, seq_len: int, samples: int, batch: int = 8,
-                    noise: Optional[NoiseConfig] = None) -> float:
-    """Mean loss over the first min(samples, windows) windows of seq_len. noise: its seed and eps
-    (default: seed 0, default eps); windows are never cut to a random length."""
-    shards = ShardSet(LocalStorage(shards_dir), verify="header", tokenizer_fingerprint=tokenizer.fingerprint)
-    n = min(samples, shards.total_tokens // seq_len)
-    if n == 0:
-        raise ValueError(f"{shards_dir}: fewer tokens than one window of {seq_len}")
-    noise = dataclasses.replace(noise or NoiseConfig(), random_length_prob=0.0)
-    total = 0.0
-    for start in range(0, n, batch):
-        idx = list(range(start, min(start + batch, n)))
-        tokens = torch.from_numpy(shards.read_windows(np.array(idx) * seq_len, seq_len))
-        b = pretrain_batch(tokens, idx, EVAL_STEP, tokenizer.special.mask, noise)
-        total += diffusion_loss(model(b.noisy, logits_mask=b.masked), b).loss.item() * len(idx)
-    return total / n
+class Evaluator:
+    """Validation loss of `objective` (built with noise of no random-length cut) on fixed batches.
+
+    batches: a callable giving this rank's validation micro-batches (the same on every call; see
+    data.loader.validation_micro_batches and data.sft.SFTData.validation_micro_batches).
+    all_reduce: sums a float64 tensor over ranks in place (None in a single process).
+    """
+
+    def __init__(self, objective: Objective, batches: Callable[[], Iterable[MicroBatch]],
+                 device: torch.device | str = "cpu",
+                 all_reduce: Optional[Callable[[torch.Tensor], None]] = None) -> None:
+        if objective.noise.random_length_prob != 0:
+            raise ValueError("validation noise must not cut sequences to a random length")
+        self.objective, self.batches, self.device, self.all_reduce = objective, batches, device, all_reduce
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> Optional[float]:
+        """Mean loss per validation sequence, None when there is no full round of batches."""
+        was_training = model.training
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss x sequences, sequences
+        for mb in self.batches():
+            loss, _ = self.objective.loss(model, mb.to(self.device), EVAL_STEP)
+            n = len(mb.sample_indices)
+            total += torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64,
+                                                                            device=self.device)])
+        if was_training:
+            model.train()
+        if self.all_reduce is not None:
+            self.all_reduce(total)
+        loss_sum, count = total.tolist()
+        return loss_sum / count if count else None
+
+
+def validation_noise(seed: int, eps: float) -> NoiseConfig:
+    """The noise every validation uses: the run's seed and eps, never a random-length cut."""
+    return NoiseConfig(seed, eps, random_length_prob=0.0)
+
+
+def validation_of(loaded: LoadedModel, path: str, samples: int,
+                  seq_len: Optional[int] = None) -> tuple[Evaluator, str, str]:
+    """(evaluator, objective kind, what it reads) for a loaded model on a validation set, in one
+    process: a shard set (the run's objective; pre-training for an SFT run or a Hugging Face folder)
+    or an SFT cache (the SFT objective), with the run's noise and micro batch, so that it computes
+    what the run's own validation computed on the same windows."""
+    run = loaded.config or {}
+    kind = run.get("objective", {}).get("kind", "pretrain")
+    micro = run.get("train", {}).get("micro_batch", 8)
+    seq_len = seq_len or loaded.data.get("seq_len") or loaded.model.config.max_seq_len
+    fingerprint = loaded.tokenizer.fingerprint
+    if (Path(path) / SFT_META).is_file():
+        kind, sft = "sft", SFTData(path, fingerprint, "header")
+        batches = lambda: sft.validation_micro_batches(samples, micro, seq_len)  # noqa: E731
+        what = f"up to {samples} SFT pairs"
+    else:
+        kind = "pretrain" if kind == "sft" else kind
+        shards = ShardSet(LocalStorage(path), verify="header", tokenizer_fingerprint=fingerprint)
+        batches = lambda: validation_micro_batches(shards, seq_len, micro, samples)  # noqa: E731
+        what = f"up to {samples} windows of {seq_len}"
+    objective = make_objective(kind, loaded.tokenizer.special.mask, loaded.model.config.vocab_size, loaded.noise())
+    return Evaluator(objective, batches, next(loaded.model.parameters()).device), kind, what
 
 
 def read_multiple_choice(path: str) -> list[dict]:
@@ -54,24 +107,23 @@ def read_multiple_choice(path: str) -> list[dict]:
         try:
             r = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{i + 1}: not JSON ({exc})") from None
+            raise DataError(f"{path}:{i + 1}: not JSON ({exc})") from None
         if not isinstance(r, dict) or not {"context", "choices", "answer"} <= set(r):
-            raise ValueError(f"{path}:{i + 1}: needs keys context, choices, answer")
+            raise DataError(f"{path}:{i + 1}: needs keys context, choices, answer")
         if not isinstance(r["choices"], list) or not r["choices"]:
-            raise ValueError(f"{path}:{i + 1}: choices must be a non-empty list")
+            raise DataError(f"{path}:{i + 1}: choices must be a non-empty list")
         answer = r["answer"]
         if isinstance(answer, str):
             if answer not in r["choices"]:
-                raise ValueError(f"{path}:{i + 1}: answer {answer!r} is not among the choices")
+                raise DataError(f"{path}:{i + 1}: answer {answer!r} is not among the choices")
             answer = r["choices"].index(answer)
         if not isinstance(answer, int) or not 0 <= answer < len(r["choices"]):
-            raise ValueError(f"{path}:{i + 1}: answer {r['answer']!r} is not a choice index or text")
+            raise DataError(f"{path}:{i + 1}: answer {r['answer']!r} is not a choice index or text")
         records.append({"context": r["context"], "choices": r["choices"], "answer": answer})
     return records
 
 
-def multiple_choice(model, tokenizer: Tokenizer, path: str, mc_num: int = 32, batch_size: int = 16,
-                    seed: int = 0) -> dict:
+def multiple_choice(model, tokenizer, path: str, mc_num: int = 32, batch_size: int = 16, seed: int = 0) -> dict:
     records = read_multiple_choice(path)
     correct = 0
     for r in records:
@@ -80,3 +132,38 @@ def multiple_choice(model, tokenizer: Tokenizer, path: str, mc_num: int = 32, ba
                                  seed=seed) for c in r["choices"]]
         correct += int(int(np.argmax(scores)) == r["answer"])
     return {"accuracy": correct / max(len(records), 1), "n": len(records)}
+
+
+def read_instructions(path: str | Path, limit: Optional[int] = None) -> list[dict]:
+    """{prompt, answer} records of a jsonl file (e.g. the held-out half of examples/instruct_task.py)."""
+    records = []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{i + 1}: not JSON ({exc})") from None
+        if not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or not isinstance(r.get("answer"), str):
+            raise DataError(f"{path}:{i + 1}: needs text fields prompt and answer")
+        records.append(r)
+    return records[:limit]
+
+
+def instruction_exact_match(model, tokenizer, path: str | Path, sampler_cfg: SamplerConfig,
+                            limit: Optional[int] = None, batch: int = 16) -> dict:
+    """Share of instructions whose sampled answer equals the expected one (after stripping spaces)."""
+    records = read_instructions(path, limit)
+    sp = tokenizer.special
+    tokens = SpecialTokens.of(sp)
+    correct, examples = 0, []
+    for i in range(0, len(records), batch):
+        chunk = records[i : i + batch]
+        prompts = [encode_chat(tokenizer, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
+                   for r in chunk]
+        for r, row in zip(chunk, generate(model, prompts, sampler_cfg, tokens).tolist()):
+            answer = tokenizer.decode(cut_at(row, (sp.eot, sp.eos))).strip()
+            correct += int(answer == r["answer"])
+            if len(examples) < 3:
+                examples.append((r["prompt"], r["answer"], answer))
+    return {"exact_match": correct / max(len(records), 1), "n": len(records), "examples": examples}

@@ -1,9 +1,9 @@
-"""Load a trained model for sampling and evaluation, from wherever it lives.
+"""A trained model and its tokenizer, ready for sampling and evaluation, from wherever it lives.
 
-- a llada-ds run directory or checkpoint (any world size): weights consolidated with DeepSpeed's
-  own tool; the tokenizer named in the run's config;
+- a llada-ds run directory or checkpoint (any world size): weights through llada_ds/weights.py;
+  the tokenizer named in the run's config (its fingerprint must match the one trained with);
 - a Hugging Face folder in the released LLaDA layout (ours after export, or LLaDA's own): config
-  and weights read into our model through the adapter (no remote code runs); its tokenizer.
+  and weights read into our model (no remote code runs); the folder's tokenizer.
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from .data.tokenizer import Tokenizer
+from .diffusion import NoiseConfig
+from .errors import CheckpointError, ConfigError
 from .model import LLaDAModel
+from .weights import dtype_of, load_model
 
 
 @dataclass
@@ -22,15 +27,16 @@ class LoadedModel:
     tokenizer: Tokenizer
     source: str  # "checkpoint" or "huggingface"
     step: Optional[int] = None
-    data: Optional[dict] = None  # the run's data config, for checkpoints
-    objective: Optional[dict] = None  # the run's objective config (noise seed, eps), for checkpoints
+    config: Optional[dict] = None  # the run's config (checkpoints)
 
-    def noise(self):
+    @property
+    def data(self) -> dict:
+        return (self.config or {}).get("data", {})
+
+    def noise(self) -> NoiseConfig:
         """The fixed noise of the run's validation: its objective's seed and eps, no random-length
         cut (a Hugging Face folder has no run: the defaults)."""
-        from .diffusion import NoiseConfig
-
-        objective = self.objective or {}
+        objective = (self.config or {}).get("objective") or {}
         defaults = NoiseConfig()
         return NoiseConfig(seed=objective.get("noise_seed", defaults.seed), eps=objective.get("eps", defaults.eps),
                            random_length_prob=0.0)
@@ -46,38 +52,21 @@ def cut_at(row: list[int], stops) -> list[int]:
 
 def load_for_inference(path: str | Path, tokenizer: Optional[str] = None, device: Optional[str] = None,
                        dtype: Optional[str] = None) -> LoadedModel:
-    """device: default cuda when available, else cpu; dtype: bf16 | fp32 (default bf16 on cuda)."""
-    import torch
-
-    from .hf.adapter import DTYPES
-
+    """device: default cuda when available, else cpu; dtype: bf16 | fp32 (default bf16 on cuda).
+    A Hugging Face folder's weights are cast while read (a bf16 model is never held in fp32)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    name = dtype or ("bf16" if dev.type == "cuda" else "fp32")
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
-    loaded = _load(Path(path), tokenizer, DTYPES[name])
-    loaded.model = loaded.model.to(device=dev, dtype=DTYPES[name]).eval()
-    return loaded
-
-
-def _load(path: Path, tokenizer: Optional[str], dtype) -> LoadedModel:
-    """dtype: a Hugging Face folder's weights are cast to it while read (never a full fp32 copy of
-    a bf16 model first)."""
-    if (path / "config.json").is_file():
-        from .hf.adapter import load_llada_folder
-
-        model, _ = load_llada_folder(path, dtype)
-        tok = Tokenizer.load(tokenizer or path)
+    torch_dtype = dtype_of(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
+    model, source = load_model(Path(path), torch_dtype)
+    model = model.to(device=dev, dtype=torch_dtype).eval()
+    if source.kind == "huggingface":
+        tok = Tokenizer.load(tokenizer or source.path)
         if tok.vocab_size > model.config.vocab_size:
-            raise ValueError(f"tokenizer of {tokenizer or path} has {tok.vocab_size} tokens, the model "
-                             f"{model.config.vocab_size}")
+            raise ConfigError(f"tokenizer of {tokenizer or source.path} has {tok.vocab_size} tokens, the model "
+                              f"{model.config.vocab_size}")
         return LoadedModel(model, tok, "huggingface")
-    from .train.checkpoint import load_plain_model
-
-    model, state = load_plain_model(path)
+    state = source.run_state
     tok = Tokenizer.load(tokenizer or state["config"]["data"]["tokenizer"])
     if tok.fingerprint != state["tokenizer"]:
-        raise ValueError(f"tokenizer {tok.path} ({tok.fingerprint}) is not the one the model was trained with "
-                         f"({state['tokenizer']}); pass --tokenizer")
-    return LoadedModel(model, tok, "checkpoint", state["step"], state["config"]["data"],
-                       state["config"].get("objective"))
+        raise CheckpointError(f"tokenizer {tok.path} ({tok.fingerprint}) is not the one the model was trained with "
+                              f"({state['tokenizer']}); pass --tokenizer")
+    return LoadedModel(model, tok, "checkpoint", state["step"], state.get("config"))

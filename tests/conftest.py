@@ -1,4 +1,5 @@
 import os
+import sys
 
 # Tests run on 2-core machines: keep torch from oversubscribing them, keep DeepSpeed quiet.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -16,6 +17,8 @@ def _seed():
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+# The experiments and examples live beside the package (not inside it); tests import them from here.
+sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="session")

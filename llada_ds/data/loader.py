@@ -14,39 +14,15 @@ exact global sequence: nothing is skipped or repeated.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from ..errors import DataStateError
+from .batch import DataState, MicroBatch, split_batch
 from .order import global_order
 from .shards import ShardSet
-from ..errors import DataStateError
-
-
-@dataclass(frozen=True)
-class DataState:
-    """What a checkpoint keeps of the data loader: global counters only."""
-
-    samples_consumed: int
-    seed: int
-    seq_len: int
-    data_fingerprint: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DataState":
-        return cls(**d)
-
-
-@dataclass
-class MicroBatch:
-    tokens: torch.Tensor  # (m, seq_len) long
-    sample_indices: list[int]  # global sample index of each row (keys the diffusion noise too)
-    doc_ids: torch.Tensor | None = None  # (m, seq_len), when document masking is on
 
 
 def doc_ids_from_eos(tokens: np.ndarray | torch.Tensor, eos_id: int):
@@ -91,15 +67,11 @@ class DistributedBatches:
     ) -> None:
         if world <= 0 or not 0 <= rank < world:
             raise ValueError(f"rank {rank} of world size {world}")
-        if global_batch % (world * micro_batch):
-            raise DataStateError(
-                f"global batch {global_batch} is not divisible by world size {world} x micro batch {micro_batch}"
-            )
+        self.accumulation = split_batch(global_batch, micro_batch, world)
         self.dataset, self.global_batch, self.micro_batch = dataset, global_batch, micro_batch
         self.rank, self.world = rank, world
         self.document_masking = document_masking
         self.per_rank = global_batch // world
-        self.accumulation = self.per_rank // micro_batch
 
     def sample_indices(self, step: int) -> list[int]:
         start = step * self.global_batch + self.rank * self.per_rank
@@ -128,15 +100,17 @@ class DistributedBatches:
 
     def resume_step(self, state: DataState) -> int:
         """The step to continue from, after checking the state belongs to this data and config."""
-        here = self.state(0)
-        for key in ("seed", "seq_len", "data_fingerprint"):
-            if getattr(state, key) != getattr(here, key):
-                raise DataStateError(
-                    f"checkpoint data state has {key}={getattr(state, key)!r}, this run has {getattr(here, key)!r}"
-                )
-        if state.samples_consumed % self.global_batch:
-            raise DataStateError(
-                f"checkpoint consumed {state.samples_consumed} samples, not a multiple of the global batch "
-                f"{self.global_batch}: the global batch must not change across a resume"
-            )
-        return state.samples_consumed // self.global_batch
+        return state.resume_step(self.state(0), self.global_batch)
+
+
+def validation_micro_batches(shards: ShardSet, seq_len: int, micro_batch: int, samples: int, rank: int = 0,
+                             world: int = 1) -> Iterator[MicroBatch]:
+    """Rank `rank`'s share of the fixed validation windows: the first n windows of the shard set, in
+    order (no shuffle), n = min(samples, windows) rounded down to a multiple of world x micro batch so
+    that every rank runs the same number of forwards; each round of world x micro windows gives rank r
+    the r-th micro-batch. The window index is the sample index (it keys the evaluation noise)."""
+    per_round = world * micro_batch
+    n = min(samples, shards.total_tokens // seq_len) // per_round * per_round
+    for start in range(0, n, per_round):
+        idx = list(range(start + rank * micro_batch, start + (rank + 1) * micro_batch))
+        yield MicroBatch(torch.from_numpy(shards.read_windows(np.array(idx) * seq_len, seq_len)), idx)

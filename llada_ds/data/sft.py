@@ -24,20 +24,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
+from ..errors import DataError, DataStateError, ShardError
 from ..keys import noise_key
-from .build import split_of
+from .batch import DataState, MicroBatch, split_batch
+from .build import open_records, resolve_inputs, split_of
 from .chat import encode_chat
-from .loader import DataState, DataStateError
 from .order import global_order
-from .shards import ShardError, ShardSet, TokenizerInfo, write_index, write_shard
+from .shards import ShardSet, TokenizerInfo, write_index, write_shard
 from .storage import LocalStorage
 from .tokenizer import Tokenizer
 
@@ -52,20 +51,11 @@ def pairs_of(messages: list[dict]) -> list[tuple[list[dict], str]]:
 
 
 def read_dialogues(files: list[str]) -> Iterator[list[dict]]:
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import datasets
-
-    from .build import _builder_for, resolve_inputs
-
-    datasets.disable_progress_bars()
+    """The `messages` of every record, in input order."""
     for path in resolve_inputs(files):
-        if Path(path).is_dir():
-            stream = datasets.load_from_disk(path).to_iterable_dataset()
-        else:
-            stream = datasets.load_dataset(_builder_for(path), data_files=[path], split="train", streaming=True)
-        for i, record in enumerate(stream):
+        for i, record in enumerate(open_records(path)):
             if "messages" not in record:
-                raise ValueError(f"{path}: record {i} has no 'messages' (fields: {', '.join(record)})")
+                raise DataError(f"{path}: record {i} has no 'messages' (fields: {', '.join(record)})")
             yield record["messages"]
 
 
@@ -83,7 +73,7 @@ def build_sft_cache(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fra
             prompt = encode_chat(tok, history, add_generation_prompt=True)
             full = prompt + tok.encode(answer) + [eot]
             if len(full) > max_len:
-                raise ValueError(f"dialogue {d}: a pair of {len(full)} tokens exceeds max_len={max_len}")
+                raise DataError(f"dialogue {d}: a pair of {len(full)} tokens exceeds max_len={max_len}")
             rows[split].append((d, counts[split], len(prompt), len(full)))  # dialogue, offset, prompt, length
             tokens[split].append(np.asarray(full, dtype=np.uint32))
             counts[split] += len(full)
@@ -92,7 +82,7 @@ def build_sft_cache(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fra
     result = {}
     for split in ("train", "validation"):
         if not rows[split]:
-            raise ValueError(f"SFT split {split} received no pairs (val_fraction {val_fraction})")
+            raise DataError(f"SFT split {split} received no pairs (val_fraction {val_fraction})")
         storage = LocalStorage(out / split)
         table = np.asarray(rows[split], dtype=np.int64)
         shard = write_shard(storage, 0, np.concatenate(tokens[split]), len(rows[split]))
@@ -146,18 +136,20 @@ class SFTData:
         _, offset, prompt_len, length = (int(v) for v in self.table[row])
         return self.shards.read(offset, length), prompt_len
 
-
-@dataclass
-class SFTMicroBatch:
-    tokens: torch.Tensor  # (m, longest) long, EOS-padded
-    prompt_lengths: torch.Tensor  # (m,)
-    sample_indices: list[int]
-    doc_ids: None = None
-    padding: int = 0  # EOS padding tokens in this micro-batch
+    def validation_micro_batches(self, samples: int, micro_batch: int, seq_len: int, rank: int = 0,
+                                 world: int = 1) -> Iterator[MicroBatch]:
+        """Rank `rank`'s share of the fixed validation batches: the first n pairs (n = min(samples,
+        pairs) rounded down to a multiple of world x micro batch so every rank runs the same number
+        of forwards), sorted by length, cut into micro-batches of m, dealt round-robin to the ranks.
+        A pair's row in the table is its sample index (it keys the evaluation noise)."""
+        n = min(samples, len(self.table)) // (world * micro_batch) * (world * micro_batch)
+        rows = sorted(range(n), key=lambda r: (int(self.table[r, 3]), r))
+        for chunk in [rows[i : i + micro_batch] for i in range(0, n, micro_batch)][rank::world]:
+            yield pad_micro_batch([self.sample(r) for r in chunk], chunk, self.eos, seq_len)
 
 
 def pad_micro_batch(samples: list[tuple[np.ndarray, int]], indices: list[int], eos: int,
-                    seq_len: int) -> SFTMicroBatch:
+                    seq_len: int) -> MicroBatch:
     """(tokens, prompt length) samples -> one micro-batch, EOS-padded to its longest (at most seq_len)."""
     longest = min(max(len(t) for t, _ in samples), seq_len)
     tokens = torch.full((len(samples), longest), eos, dtype=torch.long)
@@ -168,7 +160,7 @@ def pad_micro_batch(samples: list[tuple[np.ndarray, int]], indices: list[int], e
     if bool((prompt >= longest).any()):
         raise DataStateError(f"a prompt of {int(prompt.max())} tokens leaves no answer at data.seq_len={seq_len}")
     padding = int(tokens.numel() - sum(min(len(t), longest) for t, _ in samples))
-    return SFTMicroBatch(tokens, prompt, list(indices), None, padding)
+    return MicroBatch(tokens, list(indices), prompt_lengths=prompt, padding=padding)
 
 
 class SFTBatches:
@@ -177,14 +169,11 @@ class SFTBatches:
 
     def __init__(self, data: SFTData, global_batch: int, micro_batch: int, seed: int, seq_len: int,
                  rank: int = 0, world: int = 1) -> None:
-        if global_batch % (world * micro_batch):
-            raise DataStateError(
-                f"global batch {global_batch} is not divisible by world size {world} x micro batch {micro_batch}")
+        self.accumulation = split_batch(global_batch, micro_batch, world)
         self.data, self.global_batch, self.micro_batch, self.seed, self.seq_len = data, global_batch, micro_batch, seed, seq_len
         self.rank, self.world = rank, world
-        self.accumulation = global_batch // world // micro_batch
 
-    def step(self, step: int) -> list[SFTMicroBatch]:
+    def step(self, step: int) -> list[MicroBatch]:
         indices = list(range(step * self.global_batch, (step + 1) * self.global_batch))
         rows = self.data.pairs_for(np.array(indices), self.seed).tolist()  # one vectorised lookup per step
         lengths = self.data.table[rows, 3].tolist()
@@ -198,11 +187,5 @@ class SFTBatches:
         return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint)
 
     def resume_step(self, state: DataState) -> int:
-        here = self.state(0)
-        for key in ("seed", "seq_len", "data_fingerprint"):
-            if getattr(state, key) != getattr(here, key):
-                raise DataStateError(f"checkpoint data state has {key}={getattr(state, key)!r}, this run has "
-                                     f"{getattr(here, key)!r}")
-        if state.samples_consumed % self.global_batch:
-            raise DataStateError("the global batch must not change across a resume")
-        return state.samples_consumed // self.global_batch
+        return state.resume_step(self.state(0), self.global_batch)
+

@@ -20,8 +20,8 @@ from typing import Iterable, Literal
 
 import numpy as np
 
-from .storage import Storage
 from ..errors import ShardError
+from .storage import Storage
 
 FORMAT_NAME = "llada-ds-shards"
 FORMAT_VERSION = 1

@@ -30,7 +30,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
 from ..errors import TokenizerError
+from .storage import LocalStorage
 
 SP_MODEL = "tokenizer.model"
 META = "llada_tokenizer.json"
@@ -205,8 +207,6 @@ def train_tokenizer(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     special = SpecialIds(mask=3, bos=1, eos=2, pad=2, eot=4, start_header=5, end_header=6)
-    from .storage import LocalStorage
-
     storage = LocalStorage(out)
     storage.write_atomic(SP_MODEL, model.getvalue())
     storage.write_atomic(META, (json.dumps({"special": asdict(special), "vocab_size": vocab_size}, indent=1) + "\n").encode())

@@ -1,13 +1,17 @@
-"""The diffusion process around the mask predictor: counter-based noise and the training losses."""
+"""The diffusion process around the mask predictor: counter-based noise, the forward (masking)
+process, the losses, the objectives the trainer runs, and the reverse process (samplers)."""
 
+from .losses import N_BUCKETS, DiffusionLoss, autoregressive_loss, diffusion_loss
+from .masking import DiffusionBatch, NoiseConfig, check_tokens, pretrain_batch, sft_batch
 from .noise import draw_masks, draw_random_length, noise_key
 from .objectives import (
-    N_BUCKETS, DiffusionBatch, DiffusionLoss, NoiseConfig, autoregressive_loss, check_tokens, diffusion_loss,
-    pretrain_batch, sft_batch,
+    OBJECTIVES, AutoregressiveObjective, Objective, PretrainObjective, SFTObjective, StepStats, make_objective,
 )
 
 __all__ = [
     "draw_masks", "draw_random_length", "noise_key",
     "N_BUCKETS", "DiffusionBatch", "DiffusionLoss", "NoiseConfig", "autoregressive_loss", "check_tokens",
     "diffusion_loss", "pretrain_batch", "sft_batch",
+    "OBJECTIVES", "AutoregressiveObjective", "Objective", "PretrainObjective", "SFTObjective", "StepStats",
+    "make_objective",
 ]

@@ -1,183 +1,149 @@
-"""The forward (masking) process and the losses LLaDA trains with (LLADA_SPEC.md).
+"""What is trained: one interface that turns a micro-batch into a loss and its figures.
 
-The core step fits on one screen:
+    loss, stats = objective.loss(model, micro_batch, step)
+    loss.backward()
 
-    batch = pretrain_batch(x0, sample_indices, step, mask_id, noise)
-    logits = model(batch.noisy, logits_mask=batch.masked)   # logits of masked positions only
-    out = diffusion_loss(logits, batch)
-    out.loss.backward()
+An objective owns the forward process and the loss of one way of training the mask predictor:
+- `PretrainObjective`: LLaDA pre-training (random t per sample, tokens masked with probability
+  p = (1 - eps) t + eps, cross-entropy on masked tokens weighted by 1/p, over b * l positions);
+- `SFTObjective`: LLaDA's SFT (the prompt is never masked, each sample normalised by its answer
+  length, EOS padding included);
+- `AutoregressiveObjective`: the baseline of the paper's comparisons, the same network with a
+  causal mask and next-token loss.
+The training loop, the evaluator and the plain reference loop only ever call `loss`; objectives
+added later (preference optimisation, RL) implement the same method.
 
-Both objectives reduce to one weighted cross-entropy: loss = sum over samples i of w_i times the
-sum over i's masked tokens of CE, with
-    pre-training  w_i = 1 / (p_i * b * l)    (all positions of the batch, not the mask count)
-    SFT           w_i = 1 / (p_i * A_i * b)  (A_i = answer length of sample i, EOS padding included)
+The figures come back as `StepStats`: plain sums kept on the device (no host synchronisation per
+micro-batch), added up over a step's micro-batches and all-reduced once per optimizer step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Optional, Protocol
 
 import torch
-import torch.nn.functional as F
 
-from .noise import draw_masks, draw_random_length
+from ..data.batch import MicroBatch
+from ..errors import ConfigError, DataError
+from .losses import N_BUCKETS, DiffusionLoss, autoregressive_loss, diffusion_loss
+from .masking import NoiseConfig, check_tokens, pretrain_batch, sft_batch
 
-N_BUCKETS = 4  # t-buckets [k/K, (k+1)/K) the losses are monitored by
+OBJECTIVES = ("pretrain", "sft", "ar")
+
+
+@dataclass
+class StepStats:
+    """Sums over micro-batches (after `all_reduce`, over ranks too), float64 on the device.
+
+    loss is the sum of the micro-batches' losses; the mean loss of a step is loss / (micro-batches
+    x ranks). bucket_loss / bucket_count split the per-sample normalised loss by t-bucket
+    [k/K, (k+1)/K) (the diffusion objectives only).
+    """
+
+    loss: torch.Tensor
+    masked: torch.Tensor  # tokens scored by the loss
+    correct: torch.Tensor  # of which the argmax prediction is right
+    tokens: torch.Tensor  # tokens processed (after a random-length cut)
+    padding: torch.Tensor  # EOS padding tokens among them (SFT)
+    bucket_loss: torch.Tensor  # (N_BUCKETS,)
+    bucket_count: torch.Tensor  # (N_BUCKETS,)
+
+    @classmethod
+    def zeros(cls, device: torch.device | str = "cpu") -> "StepStats":
+        z = lambda n=(): torch.zeros(n, dtype=torch.float64, device=device)  # noqa: E731
+        return cls(z(), z(), z(), z(), z(), z(N_BUCKETS), z(N_BUCKETS))
+
+    @classmethod
+    def of(cls, out: DiffusionLoss, tokens: int, padding: int = 0) -> "StepStats":
+        """The figures of one micro-batch's loss."""
+        f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
+        device = out.loss.device
+        return cls(f64(out.loss), f64(out.n_masked), f64(out.n_correct),
+                   torch.tensor(float(tokens), dtype=torch.float64, device=device),
+                   torch.tensor(float(padding), dtype=torch.float64, device=device),
+                   f64(out.bucket_loss), f64(out.bucket_count))
+
+    def __add__(self, other: "StepStats") -> "StepStats":
+        return StepStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def flat(self) -> torch.Tensor:
+        """One float64 vector, for a single all-reduce."""
+        return torch.cat([getattr(self, f.name).reshape(-1) for f in fields(self)])
+
+    @classmethod
+    def unflat(cls, vector: torch.Tensor) -> "StepStats":
+        parts, i = [], 0
+        for f in fields(cls):
+            n = N_BUCKETS if f.name.startswith("bucket") else 1
+            parts.append(vector[i : i + n].reshape(()) if n == 1 else vector[i : i + n])
+            i += n
+        return cls(*parts)
+
+    def host(self) -> dict:
+        """The figures as Python numbers (one device-to-host copy)."""
+        values = self.flat().tolist()
+        out, i = {}, 0
+        for f in fields(self):
+            n = N_BUCKETS if f.name.startswith("bucket") else 1
+            out[f.name] = values[i] if n == 1 else values[i : i + n]
+            i += n
+        return out
+
+
+class Objective(Protocol):
+    kind: str
+
+    def loss(self, model: torch.nn.Module, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
+        """(differentiable loss of this micro-batch, its figures); step keys the noise."""
 
 
 @dataclass(frozen=True)
-class NoiseConfig:
-    seed: int = 0
-    eps: float = 1e-3  # minimum masking probability: p = (1 - eps) t + eps
-    random_length_prob: float = 0.01  # share of pre-training steps cut to a random length
+class PretrainObjective:
+    mask_id: int
+    vocab_size: Optional[int] = None
+    noise: NoiseConfig = NoiseConfig()
+    kind: str = "pretrain"
 
-    def __post_init__(self) -> None:
-        if not 0 < self.eps < 1:
-            raise ValueError(f"noise.eps must be in (0, 1), got {self.eps!r}")
-        if not 0 <= self.random_length_prob <= 1:
-            raise ValueError(f"noise.random_length_prob must be in [0, 1], got {self.random_length_prob!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"noise.seed must be a non-negative integer, got {self.seed!r}")
-
-
-@dataclass
-class DiffusionBatch:
-    noisy: torch.Tensor  # (b, l) long: model input, masked positions replaced by the mask id
-    target: torch.Tensor  # (b, l) long: the clean tokens x0
-    masked: torch.Tensor  # (b, l) bool: positions scored by the loss
-    t: torch.Tensor  # (b,) diffusion time of each sample
-    p_mask: torch.Tensor  # (b,) masking probability of each sample
-    sample_weight: torch.Tensor  # (b,) w_i above
-    doc_ids: Optional[torch.Tensor] = None  # (b, l), cut with the batch
+    def loss(self, model, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
+        b = pretrain_batch(batch.tokens, batch.sample_indices, step, self.mask_id, self.noise, doc_ids=batch.doc_ids,
+                           vocab_size=self.vocab_size)
+        out = diffusion_loss(model(b.noisy, doc_ids=b.doc_ids, logits_mask=b.masked), b, N_BUCKETS)
+        return out.loss, StepStats.of(out, b.target.numel(), batch.padding)
 
 
-def check_tokens(
-    x0: torch.Tensor, mask_id: int, vocab_size: Optional[int] = None,
-    sample_indices: Optional[Sequence[int]] = None,
-) -> None:
-    """Refuse batches the model cannot train on, naming the sample and position at fault."""
-    if x0.dim() != 2 or x0.dtype.is_floating_point or x0.dtype == torch.bool:
-        raise ValueError(f"token batch must be an integer tensor of shape (batch, seq), got {x0.dtype} {tuple(x0.shape)}")
+@dataclass(frozen=True)
+class SFTObjective:
+    mask_id: int
+    vocab_size: Optional[int] = None
+    noise: NoiseConfig = NoiseConfig()
+    kind: str = "sft"
 
-    def where(flags: torch.Tensor) -> str:
-        row, col = (int(v) for v in flags.nonzero()[0])
-        name = f"sample index {int(sample_indices[row])}" if sample_indices is not None else f"batch row {row}"
-        return f"{name}, position {col}, token {int(x0[row, col])}"
-
-    bad = x0 < 0 if vocab_size is None else (x0 < 0) | (x0 >= vocab_size)
-    if bad.any():
-        raise ValueError(f"token outside the vocabulary [0, {vocab_size}) at {where(bad)}")
-    if (x0 == mask_id).any():
-        raise ValueError(
-            f"training data contains the mask id {mask_id} at {where(x0 == mask_id)}; "
-            "the mask token is reserved for the diffusion process"
-        )
+    def loss(self, model, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
+        if batch.prompt_lengths is None:
+            raise DataError("the SFT objective needs prompt lengths: train it on an SFT cache (llada-ds sft-data)")
+        b = sft_batch(batch.tokens, batch.prompt_lengths, batch.sample_indices, step, self.mask_id, self.noise,
+                      vocab_size=self.vocab_size)
+        out = diffusion_loss(model(b.noisy, logits_mask=b.masked), b, N_BUCKETS)
+        return out.loss, StepStats.of(out, b.target.numel(), batch.padding)
 
 
-def pretrain_batch(
-    x0: torch.Tensor, sample_indices: Sequence[int] | torch.Tensor, step: int, mask_id: int,
-    noise: NoiseConfig, doc_ids: Optional[torch.Tensor] = None, vocab_size: Optional[int] = None,
-) -> DiffusionBatch:
-    """Pre-training forward process: optional random-length cut, then per-sample masking."""
-    indices = sample_indices.tolist() if torch.is_tensor(sample_indices) else list(sample_indices)
-    if len(indices) != x0.shape[0]:
-        raise ValueError(f"{len(indices)} sample indices for a batch of {x0.shape[0]} sequences")
-    check_tokens(x0, mask_id, vocab_size, indices)
-    length = draw_random_length(noise.seed, step, x0.shape[1], noise.random_length_prob)
-    x0 = x0[:, :length]
-    if doc_ids is not None:
-        doc_ids = doc_ids[:, :length]
-    b, l = x0.shape
-    draw = draw_masks(noise.seed, step, indices, l, noise.eps, device=x0.device)
-    noisy = torch.where(draw.masked, torch.full_like(x0, mask_id), x0)
-    weight = 1.0 / (draw.p_mask * (b * l))
-    return DiffusionBatch(noisy, x0, draw.masked, draw.t, draw.p_mask, weight, doc_ids)
+@dataclass(frozen=True)
+class AutoregressiveObjective:
+    mask_id: int
+    vocab_size: Optional[int] = None
+    noise: NoiseConfig = NoiseConfig()  # unused: nothing is random; kept for one constructor
+    kind: str = "ar"
+
+    def loss(self, model, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
+        check_tokens(batch.tokens, self.mask_id, self.vocab_size, batch.sample_indices)
+        out = autoregressive_loss(model(batch.tokens, doc_ids=batch.doc_ids, causal=True), batch.tokens)
+        return out.loss, StepStats.of(out, batch.tokens.numel(), batch.padding)
 
 
-def sft_batch(
-    x0: torch.Tensor, prompt_lengths: Sequence[int] | torch.Tensor, sample_indices: Sequence[int] | torch.Tensor,
-    step: int, mask_id: int, noise: NoiseConfig, vocab_size: Optional[int] = None,
-) -> DiffusionBatch:
-    """SFT forward process: mask as in pre-training, then restore the prompt (never masked).
-
-    x0 holds prompt then answer, the answer right-padded with EOS to the batch length; the EOS
-    padding is part of the answer and is trained on. No random-length cut (it would cut answers).
-    """
-    indices = sample_indices.tolist() if torch.is_tensor(sample_indices) else list(sample_indices)
-    b, l = x0.shape
-    if len(indices) != b:
-        raise ValueError(f"{len(indices)} sample indices for a batch of {b} sequences")
-    check_tokens(x0, mask_id, vocab_size, indices)
-    prompt_len = torch.as_tensor(prompt_lengths, dtype=torch.long, device=x0.device).reshape(-1)
-    if prompt_len.numel() != b:
-        raise ValueError(f"{prompt_len.numel()} prompt lengths for a batch of {b} sequences")
-    bad = (prompt_len < 0) | (prompt_len >= l)
-    if bad.any():
-        row = int(bad.nonzero()[0])
-        raise ValueError(
-            f"sample index {indices[row]}: prompt length {int(prompt_len[row])} leaves no answer "
-            f"in a sequence of {l} tokens"
-        )
-    draw = draw_masks(noise.seed, step, indices, l, noise.eps, device=x0.device)
-    is_prompt = torch.arange(l, device=x0.device)[None, :] < prompt_len[:, None]
-    masked = draw.masked & ~is_prompt
-    noisy = torch.where(masked, torch.full_like(x0, mask_id), x0)
-    answer_len = (l - prompt_len).to(draw.p_mask.dtype)
-    weight = 1.0 / (draw.p_mask * answer_len * b)
-    return DiffusionBatch(noisy, x0, masked, draw.t, draw.p_mask, weight)
-
-
-@dataclass
-class DiffusionLoss:
-    loss: torch.Tensor  # scalar, differentiable
-    n_masked: torch.Tensor  # masked tokens scored
-    n_correct: torch.Tensor  # of which the argmax prediction is right (masked-token accuracy)
-    # Monitoring by noise level: per-sample normalised losses (b * w_i * sum CE) summed by
-    # t-bucket [k/K, (k+1)/K), with the sample counts; plain sums so ranks can all-reduce them.
-    bucket_loss: torch.Tensor  # (K,)
-    bucket_count: torch.Tensor  # (K,)
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.n_correct) / max(int(self.n_masked), 1)
-
-
-def diffusion_loss(logits: torch.Tensor, batch: DiffusionBatch, n_buckets: int = N_BUCKETS) -> DiffusionLoss:
-    """Weighted cross-entropy over masked positions.
-
-    logits: (n_masked, vocab) from ``model(..., logits_mask=batch.masked)``, or (b, l, vocab).
-    The cross-entropy is computed in fp32 whatever the logits' dtype.
-    """
-    if logits.dim() == 3:
-        logits = logits[batch.masked]
-    targets = batch.target[batch.masked]
-    if logits.shape[0] != targets.shape[0]:
-        raise ValueError(f"{logits.shape[0]} logit rows for {targets.shape[0]} masked positions")
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    b = batch.target.shape[0]
-    rows = batch.masked.nonzero()[:, 0]
-    per_sample = torch.zeros(b, dtype=ce.dtype, device=ce.device).index_add(0, rows, ce)
-    loss = (per_sample * batch.sample_weight).sum()
-    with torch.no_grad():
-        n_correct = (logits.argmax(dim=-1) == targets).sum()
-        normalised = per_sample.detach() * batch.sample_weight * b
-        bucket = (batch.t * n_buckets).long().clamp(0, n_buckets - 1)
-        bucket_loss = torch.zeros(n_buckets, dtype=ce.dtype, device=ce.device).index_add(0, bucket, normalised)
-        bucket_count = torch.bincount(bucket, minlength=n_buckets)
-    return DiffusionLoss(loss, batch.masked.sum(), n_correct, bucket_loss, bucket_count)
-
-
-def autoregressive_loss(logits: torch.Tensor, tokens: torch.Tensor) -> DiffusionLoss:
-    """Next-token cross-entropy of a causal model (the AR baseline): logits at i predict token i+1.
-
-    Averaged over all b * (l - 1) predicted positions; accuracy over the same positions. Returned
-    in the same container as the diffusion loss so that the loop logs both alike (no t-buckets).
-    """
-    pred, target = logits[:, :-1].float(), tokens[:, 1:]
-    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
-    with torch.no_grad():
-        n = torch.tensor(target.numel(), device=tokens.device)
-        correct = (pred.argmax(-1) == target).sum()
-        empty = torch.zeros(N_BUCKETS, device=tokens.device)
-    return DiffusionLoss(ce, n, correct, empty, empty.long())
+def make_objective(kind: str, mask_id: int, vocab_size: Optional[int], noise: NoiseConfig) -> Objective:
+    """The objective of a run config's objective.kind."""
+    classes = {"pretrain": PretrainObjective, "sft": SFTObjective, "ar": AutoregressiveObjective}
+    if kind not in classes:
+        raise ConfigError(f"objective.kind={kind!r} must be one of {', '.join(classes)}")
+    return classes[kind](mask_id, vocab_size, noise)

@@ -19,10 +19,10 @@ from typing import Optional
 import torch
 
 from ..data.tokenizer import Tokenizer
-from ..model import LLaDAModel
-from .adapter import DTYPES, llada_config, load_llada_folder, to_llada_state_dict
 from ..errors import ExportError
-
+from ..model import LLaDAModel
+from ..model.hf_layout import llada_config, to_llada_state_dict
+from ..weights import DTYPES, find_weights, load_hf_folder, load_model, tag_for
 REMOTE_DIR = Path(__file__).parent / "remote"
 AUTO_MAP = {
     "AutoConfig": "configuration_llada.LLaDAConfig",
@@ -119,7 +119,7 @@ def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -
     """Load the folder with transformers (offline) and compare logits and token ids with ours."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ours, _ = load_llada_folder(folder, torch.float32)
+    ours, _ = load_hf_folder(folder, torch.float32)
     try:
         theirs = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True,
                                                       dtype=torch.float32).eval()
@@ -148,13 +148,15 @@ def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, step: Optional[int] = None, dtype: str = "bf16",
                       max_shard_size: str = "5GB", verify: bool = True) -> Path:
     """Export a llada-ds checkpoint (run directory or step directory; any world size)."""
-    from ..train.checkpoint import load_plain_model, tag_for
-
     path = Path(ckpt)
     if step is not None:
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         path = root / tag_for(step)
-    model, state = load_plain_model(path)  # resolves a run directory to its latest checkpoint
+    source = find_weights(path)  # resolves a run directory to its latest checkpoint
+    if source.kind != "checkpoint":
+        raise ExportError(f"{path} is a Hugging Face folder already; export takes a llada-ds run or checkpoint")
+    model, _ = load_model(source)
+    state = source.run_state
     tokenizer = Tokenizer.load(state["config"]["data"]["tokenizer"])
     trained = (f"imported from {state['imported_from']}" if "imported_from" in state else
                f"{state['step']:,} steps, {state['tokens_seen']:,} tokens (data fingerprint "

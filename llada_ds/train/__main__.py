@@ -1,6 +1,6 @@
 """`python -m llada_ds.train`: the one entry point every launcher runs.
 
-    deepspeed --num_gpus N --module llada_ds.train --recipe R --deepspeed_config ds_configs/zero3.json [--a.b=c]
+    deepspeed --num_gpus N --module llada_ds.train --recipe R [--deepspeed_config ds_configs/zero3.json] [--a.b=c]
     torchrun --nproc_per_node N -m llada_ds.train --recipe R [--a.b=c]
     llada-ds train --nproc N --recipe R [--a.b=c]
 """
@@ -13,11 +13,18 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..config import load_run_config
+from ..errors import LladaError
+from .distributed import init_distributed, shutdown_distributed
+from .engine import default_ds_config, load_ds_config
+from .loop import Trainer
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m llada_ds.train", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", required=True, help="packaged recipe name (tiny, llada-1b, llada-8b) or a .yaml")
     parser.add_argument("--deepspeed_config", "--deepspeed-config", dest="ds_config", default=None,
-                        help="DeepSpeed JSON (default: ds_configs/zero3.json on GPU, ds_configs/cpu.json on CPU)")
+                        help="DeepSpeed JSON (default: the packaged zero3.json on GPU, cpu.json on CPU)")
     parser.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None,
                         help="checkpoints, logs and metrics (default runs/RECIPE)")
     parser.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint dir")
@@ -34,18 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     # torch 2.13 deprecates collectives DeepSpeed still calls: ~1,000 identical lines per run.
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from ..config import ConfigError, load_run_config
-    from ..data.shards import ShardError
-    from .checkpoint import CheckpointError
-    from .distributed import init_distributed, shutdown_distributed
-    from .engine import default_ds_config, load_ds_config
-    from .loop import Trainer, TrainingError
-
     try:
         cfg = load_run_config(args.recipe, overrides)
         ds_path = args.ds_config or default_ds_config()
         ds_config = load_ds_config(ds_path)
-    except ConfigError as exc:
+    except LladaError as exc:
         print(f"llada-ds train: error: {exc}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or f"runs/{Path(args.recipe).stem}")
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, ds_config, run_dir, args.resume, dist)
         rc = trainer.run(args.stop_after)
-    except (ConfigError, ShardError, CheckpointError, TrainingError, ValueError) as exc:
+    except LladaError as exc:
         # No barrier here: the other ranks may never reach one (the error can be this rank's own).
         print(f"llada-ds train (rank {dist.rank}): error: {exc}", file=sys.stderr)
         return 1

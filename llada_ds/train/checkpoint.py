@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints: DeepSpeed's sharded state plus our run state, published atomically.
+"""Crash-safe checkpoints of a training run, and everything about continuing from one.
 
     RUN_DIR/checkpoints/step-00000100/   DeepSpeed's files (every rank writes its shard)
                                          + run_state.json (rank 0, written after all shards)
@@ -9,63 +9,31 @@ The `latest` file has DeepSpeed's own format (the tag as text), so DeepSpeed's t
 after every rank finished and run_state.json exists. A crash (even kill -9) during a save leaves
 `latest` on the previous checkpoint, which stays loadable; the partial directory is ignored and
 removed by the next successful save.
+
+`Checkpointer` owns the decisions around a run's checkpoints: which one a run continues from
+(--resume auto | never | PATH), loading it at any world size (through DeepSpeed's universal form
+when the world size changed, see elastic.py), initial weights (train.init_from), reloads for
+recovery, and saving.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from ..config import ConfigError
+import deepspeed
+
 from ..data.storage import LocalStorage
-from .distributed import DistInfo, all_reduce_sum, barrier, raise_if_any
-from ..errors import CheckpointError
-
-LATEST = "latest"
-RUN_STATE = "run_state.json"
-IMPORTED_WEIGHTS = "weights.safetensors"  # written by `llada-ds import`
-
-
-
-
-def tag_for(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
-    pointer = ckpt_root / LATEST
-    if not pointer.is_file():
-        return None
-    tag = pointer.read_text().strip()
-    path = ckpt_root / tag
-    if not (path / RUN_STATE).is_file():
-        raise CheckpointError(f"{pointer} points to {tag}, which has no {RUN_STATE}: the checkpoint is incomplete")
-    return path
-
-
-def read_run_state(ckpt_dir: Path) -> dict:
-    path = ckpt_dir / RUN_STATE
-    if not path.is_file():
-        raise CheckpointError(f"{ckpt_dir}: not a complete llada-ds checkpoint (no {RUN_STATE})")
-    return json.loads(path.read_text())
-
-
-def check_compatible(state: dict, model_cfg: dict, tokenizer_fingerprint: str, where: Path) -> None:
-    """Refuse a checkpoint of another model shape or tokenizer, naming what differs."""
-    saved = state.get("model", {})
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {model_cfg.get(k)!r}"
-             for k in sorted(set(saved) | set(model_cfg))
-             if k != "attention" and saved.get(k) != model_cfg.get(k)]
-    if diffs:
-        raise CheckpointError(f"{where} holds another model shape: " + "; ".join(diffs))
-    if state.get("tokenizer") != tokenizer_fingerprint:
-        raise CheckpointError(f"{where} was trained with tokenizer {state.get('tokenizer')}, this run uses "
-                              f"{tokenizer_fingerprint}")
+from ..errors import CheckpointError, ConfigError
+from ..weights import (
+    CHECKPOINTS, LATEST, RUN_STATE, WeightsSource, check_compatible, find_weights, latest_checkpoint, read_run_state,
+    read_weights, tag_for,
+)
+from .distributed import DistInfo, all_reduce_sum, barrier, from_main, raise_if_any
+from .elastic import convert_to_universal, is_converted, prune_universal, universal_path
 
 
 def save_checkpoint(engine, ckpt_root: Path, step: int, run_state: dict, dist: DistInfo, keep_last: int,
@@ -79,7 +47,7 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, run_state: dict, dist: D
     if dist.is_main and path.exists():
         shutil.rmtree(path)  # a partial directory from a crashed save of the same step
     barrier()
-    engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"llada_ds": run_state}, save_latest=False)
+    engine.save_checkpoint(str(ckpt_root), tag=tag, save_latest=False)
     if delay_seconds:
         time.sleep(delay_seconds)  # fault injection: a window in which the save is incomplete
     barrier()
@@ -106,8 +74,6 @@ def _prune(ckpt_root: Path, keep_last: int, keep: str) -> None:
     for partial in ckpt_root.glob("step-*"):  # left by crashed saves
         if not (partial / RUN_STATE).is_file() and partial.name != keep:
             shutil.rmtree(partial, ignore_errors=True)
-    from .elastic import prune_universal
-
     prune_universal(ckpt_root, {p.name for p in ckpt_root.glob("step-*") if (p / RUN_STATE).is_file()})
 
 
@@ -116,42 +82,24 @@ def newer_checkpoints(ckpt_root: Path, step: int) -> list[str]:
                   and read_run_state(p)["step"] > step)
 
 
-def load_checkpoint(engine, ckpt_dir: Path) -> dict:
-    """Everything: weights, optimizer state (same world size), and our run state."""
-    path, client = engine.load_checkpoint(
-        str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=True, load_lr_scheduler_states=False,
-    )
-    if path is None:
-        raise CheckpointError(f"DeepSpeed could not load {ckpt_dir}")
-    state: Any = (client or {}).get("llada_ds")
-    return state if state is not None else read_run_state(ckpt_dir)
+def scatter_weights(engine, source: WeightsSource, dist: DistInfo) -> None:
+    """Only the weights of a source (a checkpoint of any world size, or a Hugging Face folder in
+    LLaDA's layout) into a ZeRO-3 (or plain) engine.
 
-
-def load_weights(engine, source: Path, dist: DistInfo) -> None:
-    """Only the weights of a checkpoint (any world size) or of a Hugging Face folder in LLaDA's
-    layout, into a ZeRO-3 (or plain) engine.
-
-    Rank 0 reads the weights (for a checkpoint: the fp32 weights of exactly this tag, consolidated
+    Rank 0 reads the weights (for a checkpoint: the fp32 weights of exactly that tag, consolidated
     with DeepSpeed's own tool; DeepSpeed's load_module_only would take whatever `latest` names) and
     each parameter is scattered from it in turn, so no other rank ever holds the whole model.
     """
-    import deepspeed
-
     state, error = None, None
     if dist.is_main:
         try:
-            if (source / "config.json").is_file():
-                from ..hf.adapter import load_llada_folder
-
-                state = dict(load_llada_folder(source)[0].state_dict())
-            else:
-                state = read_checkpoint_weights(source)
+            state = read_weights(source)
             missing = [n for n, _ in engine.module.named_parameters() if n not in state]
             if missing:
-                error = f"{source}: tensors missing: {', '.join(missing[:5])}"
-        except (CheckpointError, ConfigError, OSError, ValueError) as exc:
+                error = f"{source.path}: tensors missing: {', '.join(missing[:5])}"
+        except (CheckpointError, ConfigError, OSError) as exc:
             error = str(exc)
-    raise_if_any(error, CheckpointError, dist.device, f"rank 0 could not read the weights of {source} (see its log)")
+    raise_if_any(error, CheckpointError, dist.device, f"rank 0 could not read the weights of {source.path} (see its log)")
     for name, param in engine.module.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
             if dist.is_main:
@@ -159,61 +107,76 @@ def load_weights(engine, source: Path, dist: DistInfo) -> None:
     barrier()
 
 
-def is_universal(ckpt: Path) -> bool:
-    """DeepSpeed's universal checkpoint (ds_to_universal): one folder per parameter under zero/."""
-    return (ckpt / "zero").is_dir() and not list(ckpt.glob("*optim_states.pt"))
+class Checkpointer:
+    """A run's checkpoints: pick, load (any world size), initial weights, save."""
 
+    def __init__(self, engine, run_dir: Path, dist: DistInfo, model_cfg: dict, tokenizer_fingerprint: str,
+                 keep_last: int, save_delay_seconds: float = 0.0) -> None:
+        self.engine, self.dist = engine, dist
+        self.root = run_dir / CHECKPOINTS
+        self.model_cfg, self.tokenizer_fingerprint = model_cfg, tokenizer_fingerprint
+        self.keep_last, self.save_delay_seconds = keep_last, save_delay_seconds
 
-def read_checkpoint_weights(ckpt: Path) -> dict:
-    """Our-named tensors of a checkpoint: DeepSpeed's ZeRO shards (consolidated in fp32 by its own
-    tool), a DeepSpeed universal checkpoint (its per-parameter fp32 files), or an imported one."""
-    if (ckpt / IMPORTED_WEIGHTS).is_file():
-        from safetensors.torch import load_file
+    def latest(self) -> Optional[Path]:
+        """The newest complete checkpoint, as rank 0 sees it (every rank acts on one decision)."""
+        return from_main(latest_checkpoint(self.root))
 
-        return load_file(str(ckpt / IMPORTED_WEIGHTS))
-    if is_universal(ckpt):
-        import torch
+    def pick(self, resume: str) -> Optional[Path]:
+        """The checkpoint this run continues from (None: a fresh start), checked against the run."""
+        if resume == "never":
+            if latest_checkpoint(self.root) is not None:
+                raise CheckpointError(f"{self.root.parent} already holds checkpoints; use --resume auto or another "
+                                      "run dir")
+            return None
+        ckpt = self.latest() if resume == "auto" else Path(resume)
+        if ckpt is None:
+            return None
+        state = read_run_state(ckpt)
+        check_compatible(state, self.model_cfg, self.tokenizer_fingerprint, ckpt)
+        if resume != "auto" and ckpt.parent.resolve() == self.root.resolve():
+            newer = newer_checkpoints(self.root, state["step"])
+            if newer:
+                raise CheckpointError(
+                    f"{self.root} holds checkpoints newer than {ckpt.name} ({', '.join(newer)}); resuming "
+                    "from an older one here would mix two histories: use another --run-dir or remove them")
+        return ckpt
 
-        from ..model import ModelConfig, build_model
+    def load(self, ckpt: Path) -> tuple[dict, Optional[Path]]:
+        """Load a complete checkpoint (weights, optimizer, run state) written by any world size:
+        (its run state, the universal copy it was loaded through if the world size differed)."""
+        universal = is_converted(ckpt) or read_run_state(ckpt).get("world_size", self.dist.world) != self.dist.world
+        via = (ckpt if is_converted(ckpt) else self._universal(ckpt)) if universal else None
+        # DeepSpeed consults this switch only while loading: on for this load alone, so a later
+        # load (recovery) of a checkpoint written at this world size takes the ordinary path.
+        self.engine._config.load_universal_checkpoint = universal
+        try:
+            path, _ = self.engine.load_checkpoint(str((via or ckpt).parent), tag=(via or ckpt).name,
+                                                  load_optimizer_states=True, load_lr_scheduler_states=False)
+        finally:
+            self.engine._config.load_universal_checkpoint = False
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {via or ckpt}")
+        return read_run_state(via or ckpt), via
 
-        shapes = {n: p.shape for n, p in build_model(ModelConfig.from_dict(read_run_state(ckpt)["model"]),
-                                                      "meta").named_parameters()}
-        out = {}
-        for name, shape in shapes.items():
-            f = ckpt / "zero" / name / "fp32.pt"
-            if not f.is_file():
-                raise CheckpointError(f"{ckpt}: universal checkpoint lacks {f.relative_to(ckpt)}")
-            flat = torch.load(f, map_location="cpu", weights_only=True)  # DeepSpeed's own tensor files
-            flat = flat["param"] if isinstance(flat, dict) else flat
-            out[name] = flat.reshape(shape) if flat.numel() == shape.numel() else flat[: shape.numel()].reshape(shape)
-        return out
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    def _universal(self, ckpt: Path) -> Path:
+        """The universal form of `ckpt` (written by another world size), converted once by rank 0."""
+        error: Optional[str] = None
+        if self.dist.is_main:
+            try:
+                convert_to_universal(ckpt)
+            except (CheckpointError, OSError) as exc:
+                error = str(exc)
+        raise_if_any(error, CheckpointError, self.dist.device,
+                     f"rank 0 could not convert {ckpt} to a universal checkpoint (see its log)")
+        return universal_path(ckpt)
 
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    def init_weights(self, init_from: str) -> Path:
+        """Start from the weights (only) of a checkpoint or a Hugging Face folder in LLaDA's layout."""
+        source = find_weights(Path(init_from))
+        check_compatible(source.description, self.model_cfg, self.tokenizer_fingerprint, source.path)
+        scatter_weights(self.engine, source, self.dist)
+        return source.path
 
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A run directory, its checkpoints/ folder, or one checkpoint -> that checkpoint."""
-    for candidate in (path / "checkpoints", path):
-        found = latest_checkpoint(candidate) if (candidate / LATEST).is_file() else None
-        if found is not None:
-            return found
-    if (path / RUN_STATE).is_file():
-        return path
-    raise CheckpointError(f"{path}: no llada-ds checkpoint (expected a run directory or a step-* checkpoint)")
-
-
-def load_plain_model(path: Path):
-    """(plain LLaDAModel in fp32 with the checkpoint's weights, run state) from any world size."""
-
-    from ..model import LLaDAModel, ModelConfig
-
-    ckpt = resolve_checkpoint(Path(path))
-    state = read_run_state(ckpt)
-    model = LLaDAModel(ModelConfig.from_dict(state["model"]))
-    weights = read_checkpoint_weights(ckpt)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
-    return model.eval(), state
+    def save(self, step: int, run_state: dict) -> Path:
+        return save_checkpoint(self.engine, self.root, step, run_state, self.dist, self.keep_last,
+                               self.save_delay_seconds)

@@ -6,12 +6,18 @@ module turns them into an initialised process group: NCCL on GPUs, gloo on CPU.
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import deepspeed
+import deepspeed.comm  # noqa: F401  (its CPU backend module is patched below)
 import torch
+import torch.distributed as dist
+from deepspeed.utils import logger as ds_logger
 
 
 @dataclass(frozen=True)
@@ -27,11 +33,6 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
-    import logging
-
-    import deepspeed
-    from deepspeed.utils import logger as ds_logger
-
     # DeepSpeed logs a few dozen INFO lines per rank at start-up; keep its warnings and errors.
     if not os.environ.get("LLADA_DS_VERBOSE"):
         ds_logger.setLevel(logging.WARNING)
@@ -43,8 +44,6 @@ def init_distributed() -> DistInfo:
         # A single process still gets a process group (ZeRO-3 expects one) on a free local port.
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if "MASTER_PORT" not in os.environ:
-            import socket
-
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
@@ -58,8 +57,6 @@ def init_distributed() -> DistInfo:
         device, backend = torch.device("cpu"), "gloo"
         # DeepSpeed's CPU backend compiles a shared-memory all-reduce op (75-100 s on a fresh
         # machine) at process-group creation; gloo is enough for CPU runs, so skip the build.
-        import deepspeed.comm  # noqa: F401
-
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return DistInfo(rank, world, local_rank, device)
@@ -72,8 +69,6 @@ def shutdown_distributed() -> None:
     interpreter teardown) can abort with "terminate called without an active exception"; every
     entry point ends through here instead of relying on exit-time destructors.
     """
-    import torch.distributed as dist
-
     if dist.is_initialized():
         if dist.get_world_size() > 1:
             dist.barrier()
@@ -82,12 +77,16 @@ def shutdown_distributed() -> None:
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few floats over all ranks (one collective), returned on the host."""
-    import torch.distributed as dist
-
     t = torch.tensor(values, dtype=torch.float64, device=device)
+    all_reduce_(t)
+    return t.tolist()
+
+
+def all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks, in place (nothing to do in a single process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-    return t.tolist()
+    return t
 
 
 def raise_if_any(error: Optional[str], exc_type: type, device: torch.device, elsewhere: str) -> None:
@@ -103,8 +102,6 @@ def raise_if_any(error: Optional[str], exc_type: type, device: torch.device, els
 def from_main(value: Any) -> Any:
     """Rank 0's value on every rank (e.g. which checkpoint is `latest`, which another node may see
     late on a shared file system): all ranks act on one decision."""
-    import torch.distributed as dist
-
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [value]
         dist.broadcast_object_list(box, src=0)
@@ -113,7 +110,5 @@ def from_main(value: Any) -> Any:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

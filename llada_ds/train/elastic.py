@@ -13,6 +13,7 @@ short is never taken for a complete one), and that our run state travels with it
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import RUN_STATE, CheckpointError, read_run_state
+from ..errors import CheckpointError
+from ..weights import RUN_STATE, read_run_state, resolve_checkpoint
 
 UNIVERSAL = "universal"
 MARKER = "universal.json"  # written last, before the atomic rename: says what was converted
@@ -90,10 +92,6 @@ def prune_universal(ckpt_root: Path, keep: set[str]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """`python tools/elastic_resume.py CKPT`: convert ahead of a resume on another world size."""
-    import argparse
-
-    from .checkpoint import resolve_checkpoint
-
     parser = argparse.ArgumentParser(
         prog="elastic_resume.py",
         description="Convert a ZeRO-3 checkpoint (written by N ranks) to DeepSpeed's universal form, which any "

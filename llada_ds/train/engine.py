@@ -11,23 +11,27 @@ import json
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ConfigError, RunConfig
+from ..config import RunConfig
+from ..data.batch import split_batch
+from ..errors import ConfigError
 from ..model import LLaDAModel, ModelConfig
-from .distributed import DistInfo
+from .optim import group_weight_decay, param_groups
 
 OWNED_BY_RUN_CONFIG = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                        "gradient_clipping")
 
-
-DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+# Shipped inside the package, so that a non-editable install finds its defaults; the repository's
+# top-level ds_configs/ is a link to this folder.
+DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
 
 
 def default_ds_config() -> str:
-    """ds_configs/zero3.json on GPU, ds_configs/cpu.json (fp32, gloo) on CPU."""
+    """The packaged zero3.json (bf16, NCCL) on GPU, cpu.json (fp32, gloo) on CPU."""
     return str(DS_CONFIGS / ("zero3.json" if torch.cuda.is_available() else "cpu.json"))
 
 
@@ -52,16 +56,10 @@ def fill_ds_config(ds: dict, cfg: RunConfig, world: int, source: str = "DeepSpee
             raise ConfigError(f"{source}: remove the {key!r} section; the run config owns the optimizer, "
                               "the schedule and the precision (fp16 is not supported: use bf16)")
     t = cfg.train
-    per_rank = t.global_batch // world
-    if t.global_batch % world or per_rank % t.micro_batch:
-        raise ConfigError(
-            f"train.global_batch={t.global_batch} cannot be split over {world} ranks in micro batches of "
-            f"{t.micro_batch}: it must be a multiple of world size x micro batch = {world * t.micro_batch}"
-        )
     ds.update(
         train_batch_size=t.global_batch,
         train_micro_batch_size_per_gpu=t.micro_batch,
-        gradient_accumulation_steps=per_rank // t.micro_batch,
+        gradient_accumulation_steps=split_batch(t.global_batch, t.micro_batch, world),
         gradient_clipping=cfg.optim.grad_clip,
     )
     bf16 = ds.setdefault("bf16", {})
@@ -81,22 +79,6 @@ def fill_ds_config(ds: dict, cfg: RunConfig, world: int, source: str = "DeepSpee
     if not offload_opt:
         ds["optimizer"]["params"]["torch_adam"] = True
     return ds
-
-
-def group_weight_decay(weight_decay: float) -> list[float]:
-    """The weight decay of each optimizer parameter group, in param_groups' order."""
-    return [weight_decay, 0.0]
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings; none on norm weights (1-D)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        # Under zero.Init a parameter's data is an empty shard: its real shape is ds_shape.
-        shape = getattr(p, "ds_shape", p.shape)
-        (decay if len(shape) >= 2 else no_decay).append(p)
-    return [{"params": group, "weight_decay": wd}
-            for group, wd in zip((decay, no_decay), group_weight_decay(weight_decay))]
 
 
 def repair_universal_load(engine, cfg: RunConfig) -> None:
@@ -130,10 +112,8 @@ def apply_activation_checkpointing(model: LLaDAModel) -> None:
     model.layer_runner = _checkpointed
 
 
-def build_engine(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict, dist: DistInfo):
+def build_engine(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict):
     """(engine, model): the ZeRO-3 engine and the (wrapped) plain model inside it."""
-    import deepspeed
-
     torch.manual_seed(cfg.train.seed)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)

@@ -1,5 +1,9 @@
 """What rank 0 reports: one log line per interval, metrics.jsonl per step, optional wandb.
 
+Per step, metrics.jsonl gets the step's loss, learning rate, counters, gradient norm, throughput,
+masked-token accuracy and loss by t-bucket; every log.every steps one line sums up the interval
+since the last one (its loss is the mean over applied steps, its throughput over all of them).
+
 MFU = achieved model FLOPs / peak FLOPs of the devices, with model FLOPs per token from
 llada_ds.model.sizing (6 N + 12 L d s: bidirectional attention counted fully). The peak is the
 config's log.peak_tflops, else a table of known GPUs (dense bf16), else measured: on CPU (or an
@@ -12,9 +16,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import psutil
 import torch
+
+from .state import RunState, StepResult
 
 KNOWN_PEAK_TFLOPS = {  # dense bf16 tensor-core peaks
     "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
@@ -50,19 +57,56 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, configured: Optional[f
 def memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    import psutil
-
     return psutil.Process(os.getpid()).memory_info().rss / 2**30
 
 
+class MetricsWindow:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.loss = self.correct = self.masked = self.tokens = self.padding = 0.0
+        self.good = 0
+        self.start = time.perf_counter()
+
+    def add(self, r: StepResult) -> None:
+        self.tokens += r.tokens
+        self.padding += r.padding
+        if not r.skipped:
+            self.good += 1
+            self.loss += r.loss
+            self.correct += r.correct
+            self.masked += r.masked
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.good, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.masked, 1)
+
+
 class Monitor:
-    """Rank 0's reporting; other ranks get a Monitor that does nothing."""
+    """Rank 0's reporting; other ranks get a Monitor that only passes the interval figures on.
+
+    on_log: called on every rank at each log interval with that interval's figures (the Ray job
+    reports them to Ray Train, whose report is a collective: every rank must call it).
+    """
 
     def __init__(self, run_dir: Path, active: bool, flops_per_token: float, peak: float, world: int,
-                 wandb_cfg: Optional[dict] = None) -> None:
+                 wandb_cfg: Optional[dict] = None, *, log_every: int = 10, total_steps: int = 0,
+                 global_batch: int = 0, show_padding: bool = False, device: torch.device = torch.device("cpu"),
+                 on_log: Optional[Callable[[dict], None]] = None) -> None:
         self.active, self.flops_per_token, self.peak, self.world = active, flops_per_token, peak, world
+        self.log_every, self.total_steps, self.global_batch = log_every, total_steps, global_batch
+        self.show_padding, self.device, self.on_log = show_padding, device, on_log
         self.metrics_path = run_dir / "metrics.jsonl"
         self.log_path = run_dir / "train.log"
+        self.window = MetricsWindow()
         self.wandb = None
         self.wandb_id: Optional[str] = None
         if active and wandb_cfg:
@@ -93,6 +137,29 @@ class Monitor:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def report_step(self, r: StepResult, state: RunState) -> None:
+        """metrics.jsonl for this step; the interval's line and on_log every log.every steps."""
+        self.window.add(r)
+        w = self.window
+        record = {"step": r.step, "time": time.time(), "loss": r.loss, "lr": r.lr, "tokens_seen": state.tokens_seen,
+                  "samples_seen": state.step * self.global_batch, "grad_norm": r.grad_norm,
+                  "tokens_per_s": w.tokens / max(w.seconds, 1e-9), "masked_acc": r.correct / max(r.masked, 1),
+                  "skipped": r.skipped, "lr_scale": state.lr_scale}
+        if self.show_padding:  # EOS padding beyond each answer, as a share of the tokens
+            record["padding_share"] = r.padding / max(r.tokens, 1)
+        for k, count in enumerate(r.bucket_count):
+            if count:
+                record[f"loss_t{k}"] = r.bucket_loss[k] / count
+        self.step(record)
+        if state.step % self.log_every == 0 or state.step == self.total_steps:
+            pad = f" | padding {100 * w.padding / max(w.tokens, 1):.1f}%" if self.show_padding else ""
+            self.print(self.interval_line(r.step, w.mean_loss, w.accuracy, r.lr, w.tokens, w.seconds,
+                                          memory_gib(self.device), pad))
+            if self.on_log is not None:
+                self.on_log({"step": state.step, "loss": w.mean_loss, "lr": r.lr, "tokens_seen": state.tokens_seen,
+                             "tokens_per_s": w.tokens / max(w.seconds, 1e-9), "world_size": self.world})
+            self.window = MetricsWindow()
 
     def interval_line(self, step: int, loss: float, acc: float, lr: float, tokens: float, seconds: float,
                       mem: float, extra: str = "") -> str:

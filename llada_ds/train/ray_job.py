@@ -29,12 +29,21 @@ import os
 import socket
 import sys
 import time
+import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import ConfigError, RunConfig, load_run_config
-from .checkpoint import latest_checkpoint, read_run_state
+import torch
+
+from ..config import RunConfig, load_run_config
+from ..data.batch import split_batch
+from ..errors import BatchSplitError, ConfigError, TrainingError
+from ..weights import CHECKPOINTS, latest_checkpoint, read_run_state
+from .distributed import DistInfo, all_reduce_sum, from_main, init_distributed
+from .engine import default_ds_config, load_ds_config
+from .loop import Trainer
 
 EXIT_CONFIG, EXIT_FAILED = 2, 1
 
@@ -74,8 +83,11 @@ def parse_workers(text: str) -> tuple[int, int]:
 
 
 def splits(cfg: RunConfig, world: int) -> bool:
-    t = cfg.train
-    return t.global_batch % (world * t.micro_batch) == 0
+    try:
+        split_batch(cfg.train.global_batch, cfg.train.micro_batch, world)
+    except BatchSplitError:
+        return False
+    return True
 
 
 def allowed_world_sizes(cfg: RunConfig, lo: int, hi: int) -> list[int]:
@@ -100,7 +112,6 @@ def allowed_world_sizes(cfg: RunConfig, lo: int, hi: int) -> list[int]:
 def _worker_environment(spec: JobSpec) -> None:
     """Rendezvous variables for our entry point, from Ray Train's context (Ray made the group)."""
     import ray.train
-    import torch
 
     ctx = ray.train.get_context()
     os.environ.update(RANK=str(ctx.get_world_rank()), WORLD_SIZE=str(ctx.get_world_size()),
@@ -115,12 +126,8 @@ def _worker_environment(spec: JobSpec) -> None:
     os.environ.update(spec.extra_env)
 
 
-def _check_shared_storage(run_dir: Path, dist) -> None:
+def _check_shared_storage(run_dir: Path, dist: DistInfo) -> None:
     """Refuse storage that not every worker sees (checkpoints would be lost on a restart)."""
-    import uuid
-
-    from .distributed import all_reduce_sum, from_main
-
     probe = run_dir / "workers" / "storage-probe"
     token = uuid.uuid4().hex  # fresh each attempt: a probe left by an earlier one proves nothing
     if dist.is_main:
@@ -135,17 +142,11 @@ def _check_shared_storage(run_dir: Path, dist) -> None:
 
 def train_worker(config: dict) -> None:
     """Ray Train's train_loop_per_worker: one rank of the run."""
-    import warnings
-
     import ray.train
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch 2.13 vs DeepSpeed's collectives
     spec = JobSpec(**config)
     _worker_environment(spec)
-    from .distributed import init_distributed
-    from .engine import default_ds_config, load_ds_config
-    from .loop import Trainer, TrainingError
-
     cfg = load_run_config(spec.recipe, spec.overrides)
     ds_config = load_ds_config(spec.ds_config or default_ds_config())
     dist = init_distributed()  # reuses the process group Ray Train created
@@ -159,7 +160,7 @@ def train_worker(config: dict) -> None:
     stop_after = None
     if spec.stop_after is not None:  # counted from where the job started, not from this attempt
         first = json.loads(Path(run_dir / "workers" / "job-start.json").read_text())["step"]
-        stop_after = max(0, first + spec.stop_after - trainer.step)
+        stop_after = max(0, first + spec.stop_after - trainer.state.step)
     if stop_after == 0:  # an earlier attempt of this job got there already
         trainer.monitor.close()
         return
@@ -278,7 +279,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     use_gpu = spec.gpus_per_worker > 0
     Path(spec.run_dir, "workers").mkdir(parents=True, exist_ok=True)
     # --stop-after counts from the step this job found, whatever restarts happen inside it.
-    found = latest_checkpoint(Path(spec.run_dir) / "checkpoints")
+    found = latest_checkpoint(Path(spec.run_dir) / CHECKPOINTS)
     (Path(spec.run_dir) / "workers" / "job-start.json").write_text(
         json.dumps({"step": read_run_state(found)["step"] if found else 0, "time": time.time()}) + "\n")
     print(f"llada-ds ray job: run {spec.run_dir}, {spec.min_workers}"
@@ -293,7 +294,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"cluster/train.py: training failed for good (after up to {spec.max_failures} restart(s)): {exc}",
               file=sys.stderr, flush=True)
         return EXIT_FAILED
-    final = latest_checkpoint(Path(spec.run_dir) / "checkpoints")
+    final = latest_checkpoint(Path(spec.run_dir) / CHECKPOINTS)
     state = read_run_state(final) if final else {}
     print(f"llada-ds ray job: done at step {state.get('step')} of {cfg.train.steps} on {state.get('world_size')} "
           f"worker(s); checkpoint {final}; Ray Train result in {result.path}", flush=True)

@@ -13,6 +13,7 @@ from llada_ds.config import load_run_config
 from llada_ds.train.distributed import init_distributed, shutdown_distributed
 from llada_ds.train.engine import load_ds_config
 from llada_ds.train.loop import Trainer
+from llada_ds.weights import load_hf_folder
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 REPO = Path(__file__).resolve().parents[2]
@@ -27,18 +28,16 @@ def main():
     with deepspeed.zero.GatheredParameters(list(params.values())):
         loaded = {n: p.detach().clone() for n, p in params.items()}
     if dist.is_main and (ckpt / "config.json").is_file():  # a Hugging Face folder in LLaDA's layout
-        from llada_ds.hf.adapter import load_llada_folder
-
-        want = load_llada_folder(ckpt)[0].state_dict()
+        want = load_hf_folder(ckpt)[0].state_dict()
         print(json.dumps({"matches_requested": all(torch.equal(loaded[n], want[n]) for n in loaded),
-                          "step": trainer.step}))
+                          "step": trainer.state.step}))
     elif dist.is_main:
         want = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
         latest = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent))  # what `latest` names
         print(json.dumps({
             "matches_requested": all(torch.equal(loaded[n], want[n]) for n in loaded),
             "matches_latest": all(torch.equal(loaded[n], latest[n]) for n in loaded),
-            "step": trainer.step,
+            "step": trainer.state.step,
         }))
 
 

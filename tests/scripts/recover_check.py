@@ -12,7 +12,8 @@ from pathlib import Path
 from llada_ds.config import load_run_config
 from llada_ds.train.distributed import init_distributed, shutdown_distributed
 from llada_ds.train.engine import load_ds_config
-from llada_ds.train.loop import Trainer, TrainingError
+from llada_ds.errors import TrainingError
+from llada_ds.train.loop import Trainer
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 REPO = Path(__file__).resolve().parents[2]
@@ -25,16 +26,17 @@ def main():
     trainer = Trainer(cfg, load_ds_config(str(REPO / "ds_configs" / "cpu.json")), tmp / "run", "never", dist)
     for step in range(2):
         trainer.train_step(step)
-        trainer.step = step + 1
+        trainer.state.step = step + 1
     trainer.save()
     seen = []
     for _ in range(2):
-        trainer.train_step(trainer.step)  # the run moves on, then goes bad again
-        trainer.step += 1
-        trainer._recover()
-        seen.append({"recoveries": trainer.recoveries, "lr_scale": trainer.lr_scale, "step": trainer.step})
+        trainer.train_step(trainer.state.step)  # the run moves on, then goes bad again
+        trainer.state.step += 1
+        trainer.recover()
+        seen.append({"recoveries": trainer.state.recoveries, "lr_scale": trainer.state.lr_scale,
+                     "step": trainer.state.step})
     try:
-        trainer._recover()
+        trainer.recover()
         gave_up = None
     except TrainingError as exc:
         gave_up = str(exc)

@@ -32,7 +32,7 @@ def same(a, b):
 
 def main():
     recipe, tmp = sys.argv[1], Path(sys.argv[2])
-    cfg = load_run_config(recipe, ["--recovery.inject_nonfinite_steps=[1]", "--eval.every=0",
+    cfg = load_run_config(recipe, ["--faults.nonfinite_steps=[1]", "--eval.every=0",
                                    "--recovery.spike_factor=10", "--recovery.spike_warmup_steps=1"])
     dist = init_distributed()
     trainer = Trainer(cfg, load_ds_config(str(REPO / "ds_configs" / "cpu.json")), tmp / "run", "never", dist)
@@ -43,7 +43,7 @@ def main():
     r2 = trainer.train_step(2)
     w2, s2 = snapshot(trainer)
     # A finite loss spike goes through the other path: only the last backward is poisoned.
-    trainer.loss_ema, trainer.good_steps = 1e-3, 100
+    trainer.state.loss_ema, trainer.state.good_steps = 1e-3, 100
     r3 = trainer.train_step(3)
     w3, s3 = snapshot(trainer)
     spike_untouched = same(w2, w3) and all(
@@ -51,9 +51,9 @@ def main():
     states_equal = len(s0) == len(s1) and all(
         all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a) for a, b in zip(s0, s1))
     print(json.dumps({
-        "skipped_reason": r1["reason"], "weights_unchanged": same(w0, w1), "adam_state_unchanged": states_equal,
-        "next_step_applied": r2["reason"] is None, "weights_changed_after_good_step": not same(w1, w2),
-        "spike_reason": (r3["reason"] or "").split(" (")[0], "spike_left_state_untouched": spike_untouched,
+        "skipped_reason": r1.reason, "weights_unchanged": same(w0, w1), "adam_state_unchanged": states_equal,
+        "next_step_applied": r2.reason is None, "weights_changed_after_good_step": not same(w1, w2),
+        "spike_reason": (r3.reason or "").split(" (")[0], "spike_left_state_untouched": spike_untouched,
     }))
 
 

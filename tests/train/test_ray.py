@@ -21,9 +21,9 @@ import torch
 from llada_ds.train.checkpoint import LATEST
 
 from ray_cluster import LoopbackRayCluster, netns_available
-from runs import step_losses
+from helpers import step_losses
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 12
 
 why_not = netns_available()

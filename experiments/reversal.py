@@ -12,8 +12,8 @@ same order with the same optimizer; only the objective differs:
                    the prompt, then masks up to the training length, one token revealed per step
     autoregressive next-token loss with a causal mask (objective.kind=ar), answered greedily left
                    to right
-Both objectives are the functions the trainer calls (pretrain_batch + diffusion_loss,
-autoregressive_loss), in a plain single-process loop (as llada_ds/overfit.py).
+Both objectives are the ones the trainer runs (llada_ds.diffusion.objectives), trained by the
+project's plain single-process loop (llada_ds/train/plain.py).
 
 Text goes through the project's own sentencepiece tokenizer, trained here on the training
 statements only (nothing is downloaded). Each statement is encoded after a space: the tokenizer
@@ -22,7 +22,7 @@ pieces whether it is the subject or the object of a statement, or the reverse qu
 test a change of spelling. Every row is BOS, the statement, then EOS padding to a fixed length
 (the same canvas length the sampler is given at evaluation).
 
-Run: `llada-ds reversal [--facts N --steps S --preset P --seed K ...]` or `python bench/reversal.py`.
+Run: `python experiments/reversal.py [--facts N --steps S --preset P --seed K ...]`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,14 +39,17 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .config import ScheduleSection
-from .data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
-from .diffusion import NoiseConfig, autoregressive_loss, diffusion_loss, pretrain_batch
-from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
-from .model import ModelConfig, build_model, count_parameters, get_preset
-from .model.config import PRESETS, ConfigError
-from .train.engine import param_groups
-from .train.schedule import learning_rate
+from llada_ds.config import ScheduleSection
+from llada_ds.data.batch import MicroBatch
+from llada_ds.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+from llada_ds.diffusion import AutoregressiveObjective, NoiseConfig, PretrainObjective
+from llada_ds.diffusion.sampler import SamplerConfig, SpecialTokens, generate
+from llada_ds.errors import ConfigError
+from llada_ds.model import ModelConfig, build_model, count_parameters, get_preset
+from llada_ds.model.config import PRESETS
+from llada_ds.train.optim import param_groups
+from llada_ds.train.plain import train_plain
+from llada_ds.train.schedule import learning_rate
 
 FORWARD = "{child}'s parent is {parent}."
 REVERSE = "{parent}'s child is {child}."
@@ -194,28 +198,26 @@ def train_model(objective: str, rows: torch.Tensor, order: torch.Tensor, model_c
     model = build_model(model_cfg).train()
     opt = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95))
     schedule = ScheduleSection(kind="cosine", warmup_steps=settings.warmup_steps, final_lr=settings.lr / 10)
-    noise = NoiseConfig(seed=settings.seed)  # the pre-training objective as the trainer runs it
-    losses: list[float] = []
+    # The pre-training objective as the trainer runs it; AR: the same network, causal, next token.
+    obj = (PretrainObjective(mask_id, model_cfg.vocab_size, NoiseConfig(seed=settings.seed)) if objective == "diffusion"
+           else AutoregressiveObjective(mask_id, model_cfg.vocab_size))
+    every = max(settings.steps // 5, 1)
+
+    def batches(step: int) -> list[MicroBatch]:
+        # Global sample indices key the noise, as in the trainer.
+        return [MicroBatch(rows[order[step]], list(range(step * settings.batch_size, (step + 1) * settings.batch_size)))]
+
+    seen: list[float] = []
+
+    def report(step: int, loss: float, _stats) -> None:
+        seen.append(loss)
+        if (step + 1) % every == 0:
+            log(f"  {objective:14s} step {step + 1:5d}  loss {sum(seen[-every:]) / every:.4f}")
+
     start = time.perf_counter()
-    for step in range(settings.steps):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, settings.steps, settings.lr, schedule)
-        x0 = rows[order[step]]
-        if objective == "diffusion":
-            # Global sample indices key the noise, as in the trainer.
-            indices = range(step * settings.batch_size, (step + 1) * settings.batch_size)
-            batch = pretrain_batch(x0, indices, step, mask_id, noise, vocab_size=model_cfg.vocab_size)
-            out = diffusion_loss(model(batch.noisy, logits_mask=batch.masked), batch)
-        else:
-            out = autoregressive_loss(model(x0, causal=True), x0)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the 1/t weights make rare huge gradients
-        opt.step()
-        losses.append(out.loss.item())
-        if (step + 1) % max(settings.steps // 5, 1) == 0:
-            recent = losses[-max(settings.steps // 5, 1):]
-            log(f"  {objective:14s} step {step + 1:5d}  loss {sum(recent) / len(recent):.4f}")
+    # Clipping at 1: the 1/t weights make rare huge gradients.
+    losses = train_plain(model, obj, batches, settings.steps, opt,
+                         lambda step: learning_rate(step, settings.steps, settings.lr, schedule), 1.0, on_step=report)
     return Trained(model.eval(), losses, time.perf_counter() - start)
 
 
@@ -385,3 +387,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,7 +28,7 @@ def test_recipe_plus_overrides_are_typed_and_merged():
     (["--eval.every=-1"], "eval.every=-1 must be >= 0"),
     (["--a.b=1", "--a.b.c=2"], "conflicts"),
     (["train.steps=3"], "must look like --section.key=value"),
-    (["--recovery.inject_nonfinite_steps=[1.5]"], "must be step numbers"),
+    (["--faults.nonfinite_steps=[1.5]"], "must be step numbers"),
 ])
 def test_bad_values_are_refused_by_name(args, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,6 +1,6 @@
 """Instruction tuning end to end, CI-sized: SFT raises the tiny model's held-out exact match.
 
-The whole user path on one CPU rank: `generate_task` (the bundled task, easy `copy` family) ->
+The whole user path on one CPU rank: `generate_task` (examples/instruct_task.py, easy `copy` family) ->
 `build_sft_cache` (what `llada-ds sft-data` runs) -> `llada-ds train --nproc 1` (torchrun, the real
 trainer with DeepSpeed ZeRO-3 and the SFT objective) -> exact match of the sampler's answers on
 held-out instructions (what `llada-ds eval --instruction-test` runs), before and after training.
@@ -19,13 +19,15 @@ import pytest
 import torch
 import yaml
 
+from examples.instruct_task import generate_task
+
 from llada_ds.cli import main as llada_ds
-from llada_ds.data.instruct_task import exact_match, generate_task
 from llada_ds.data.sft import build_sft_cache
 from llada_ds.diffusion.sampler import SamplerConfig
+from llada_ds.evaluation import instruction_exact_match
 from llada_ds.inference import load_for_inference
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 200  # the copy family is solved (held-out exact match 1.00) by step 200; 0.71 at 120
 MARGIN = 0.6  # measured: 0.00 -> 1.00 (0.71 at step 120); a clear margin with room for slower learning
 GEN_LENGTH = 8  # the longest answer, "d d d d" + end-of-turn, is 8 tokens
@@ -61,7 +63,7 @@ def held_out_exact_match(model_path: Path, tokenizer: Path, test_file: Path) -> 
     torch.set_num_threads(1)  # the same reduction order as the training rank: same figures every run
     try:
         cfg = SamplerConfig(gen_length=GEN_LENGTH, steps=GEN_LENGTH, block_length=GEN_LENGTH)
-        return exact_match(loaded.model, loaded.tokenizer, test_file, cfg, batch=50)["exact_match"]
+        return instruction_exact_match(loaded.model, loaded.tokenizer, test_file, cfg, batch=50)["exact_match"]
     finally:
         torch.set_num_threads(threads)
 

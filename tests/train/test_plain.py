@@ -1,5 +1,7 @@
+"""The plain single-process loop: a tiny model overfits one batch (`llada-ds overfit`)."""
+
 from llada_ds.model import get_preset
-from llada_ds.overfit import overfit_one_batch
+from llada_ds.train.plain import overfit_one_batch
 
 
 def test_tiny_model_overfits_one_batch_on_cpu():

@@ -52,7 +52,7 @@ def test_eval_uses_the_runs_validation_noise(shakespeare_texts, sp_tokenizer, tm
     from llada_ds.data.tokenizer import Tokenizer
     from llada_ds.diffusion import NoiseConfig, diffusion_loss, pretrain_batch
     from llada_ds.diffusion.noise import EVAL_STEP
-    from llada_ds.evaluation import validation_elbo
+    from llada_ds.evaluation import validation_of
     from llada_ds.inference import LoadedModel
     from llada_ds.model import ModelConfig, build_model
 
@@ -62,8 +62,9 @@ def test_eval_uses_the_runs_validation_noise(shakespeare_texts, sp_tokenizer, tm
     tok = Tokenizer.load(sp_tokenizer)
     model = build_model(ModelConfig(vocab_size=4096, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2,
                                     ffn_hidden_size=64, max_seq_len=32)).eval()
-    run = LoadedModel(model, tok, "checkpoint", objective={"kind": "pretrain", "noise_seed": 7, "eps": 0.01,
-                                                           "random_length_prob": 0.05})
+    config = {"objective": {"kind": "pretrain", "noise_seed": 7, "eps": 0.01, "random_length_prob": 0.05},
+              "train": {"micro_batch": 2}, "data": {"seq_len": 32}}
+    run = LoadedModel(model, tok, "checkpoint", config=config)
     assert run.noise() == NoiseConfig(seed=7, eps=0.01, random_length_prob=0.0)
     assert LoadedModel(model, tok, "huggingface").noise() == NoiseConfig(random_length_prob=0.0)
 
@@ -72,6 +73,8 @@ def test_eval_uses_the_runs_validation_noise(shakespeare_texts, sp_tokenizer, tm
     b = pretrain_batch(torch.from_numpy(windows), list(range(4)), EVAL_STEP, tok.special.mask, run.noise())
     with torch.no_grad():
         reference = diffusion_loss(model(b.noisy, logits_mask=b.masked), b).loss.item()
-    ours = validation_elbo(model, shards, tok, 32, 4, batch=2, noise=run.noise())
-    assert ours == pytest.approx(reference, rel=1e-5)
-    assert validation_elbo(model, shards, tok, 32, 4, batch=2) != pytest.approx(ours, rel=1e-5)
+    evaluator, kind, _ = validation_of(run, shards, 4)  # two micro-batches of 2
+    ours = evaluator(model)
+    assert kind == "pretrain" and ours == pytest.approx(reference, rel=1e-5)
+    default_run = LoadedModel(model, tok, "checkpoint", config={**config, "objective": {}})
+    assert validation_of(default_run, shards, 4)[0](model) != pytest.approx(ours, rel=1e-5)

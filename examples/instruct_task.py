@@ -1,4 +1,4 @@
-"""A bundled instruction task with checkable answers, so the SFT demo proves something.
+"""The bundled instruction task: checkable answers, so the SFT demo proves something.
 
 Seeded generators of short instructions whose answer is exactly known:
 - repeat:  "Repeat: pear lamp sky"              -> "pear lamp sky"
@@ -14,13 +14,17 @@ digits and gives a word another piece at the start of a text than after a space 
 " pear"): here the answer's tokens are exactly tokens of the prompt, so copying is token for token
 and a tiny model learns it from scratch in about a hundred steps.
 Train and held-out test sets never share an instruction. Exact match (after stripping spaces) of
-the sampler's answer is the metric.
+the sampler's answer is the metric (`llada-ds eval --instruction-test test.jsonl`).
+
+    python examples/instruct_task.py --out task [--train 2000 --test 200 --tasks copy lookup]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -101,24 +105,26 @@ def generate_task(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, s
     return {k: len(v) for k, v in splits.items()}
 
 
-def exact_match(model, tokenizer, test_path: str | Path, sampler_cfg, limit: int | None = None,
-                batch: int = 16) -> dict:
-    """Share of held-out instructions whose sampled answer equals the expected one."""
-    from ..diffusion.sampler import SpecialTokens, generate
-    from ..inference import cut_at
-    from .chat import encode_chat
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the bundled instruction task: train.jsonl (conversations, "
+                                                 "for llada-ds sft-data) and test.jsonl (held-out {prompt, answer}, "
+                                                 "for llada-ds eval --instruction-test).")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=ALL_TASKS, metavar="FAMILY",
+                        help=f"task families to mix (default: {' '.join(TASKS)}; easier ones for small models: "
+                             f"{' '.join(EASY_TASKS)})")
+    args = parser.parse_args(argv)
+    try:
+        counts = generate_task(args.out, args.train, args.test, args.seed, args.tasks)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(f"{counts['train']} training conversations ({args.out}/train.jsonl), {counts['test']} held-out "
+          f"instructions with answers ({args.out}/test.jsonl)")
+    return 0
 
-    records = [json.loads(x) for x in Path(test_path).read_text().splitlines() if x.strip()][:limit]
-    sp = tokenizer.special
-    tokens = SpecialTokens.of(sp)
-    correct, examples = 0, []
-    for i in range(0, len(records), batch):
-        chunk = records[i : i + batch]
-        prompts = [encode_chat(tokenizer, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
-                   for r in chunk]
-        for r, row in zip(chunk, generate(model, prompts, sampler_cfg, tokens).tolist()):
-            answer = tokenizer.decode(cut_at(row, (sp.eot, sp.eos))).strip()
-            correct += int(answer == r["answer"])
-            if len(examples) < 3:
-                examples.append((r["prompt"], r["answer"], answer))
-    return {"exact_match": correct / max(len(records), 1), "n": len(records), "examples": examples}
+
+if __name__ == "__main__":
+    sys.exit(main())

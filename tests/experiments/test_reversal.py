@@ -1,4 +1,4 @@
-"""The reversal-curse experiment (llada_ds/reversal.py, bench/reversal.py, `llada-ds reversal`)."""
+"""The reversal-curse experiment (experiments/reversal.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from llada_ds.cli import main as llada_ds
-from llada_ds.reversal import ReversalSettings, main, make_facts, training_statements
+from experiments.reversal import ReversalSettings, main, make_facts, training_statements
 
 # A CI-sized run: 12 facts, a 2-layer d_model-64 model; both objectives reach 1.0 forward by
 # step 700 (measured: diffusion 0.33 at step 300), chance is 1/24.
@@ -49,7 +48,9 @@ def test_facts_are_seeded_with_distinct_names_and_test_pairs_only_forward():
     (["--facts", "4", "--steps", "1"], "--vocab-size 512 with 6 training statements"),
 ])
 def test_impossible_settings_are_refused_naming_the_flag(flags, message, capsys):
-    assert llada_ds(["reversal", *flags]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(flags)
+    assert exited.value.code == 2
     assert message in capsys.readouterr().err
 
 

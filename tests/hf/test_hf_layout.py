@@ -8,11 +8,12 @@ import sys
 import pytest
 import torch
 
-from llada_ds.hf.adapter import (
-    from_llada_name, llada_config, load_llada_folder, model_config_from_llada, to_llada_state_dict,
-)
+from helpers import SMALL
+
 from llada_ds.inference import load_for_inference
-from llada_ds.model import ConfigError, ModelConfig, build_model, get_preset
+from llada_ds.model import ConfigError, build_model, get_preset
+from llada_ds.model.hf_layout import from_llada_name, llada_config, model_config_from_llada, to_llada_state_dict
+from llada_ds.weights import load_hf_folder
 
 SPEC_NAMES_PER_BLOCK = ["attn_norm.weight", "q_proj.weight", "k_proj.weight", "v_proj.weight", "attn_out.weight",
                         "ff_norm.weight", "ff_proj.weight", "up_proj.weight", "ff_out.weight"]
@@ -49,8 +50,6 @@ def test_config_keys_round_trip_for_the_8b_shape():
         model_config_from_llada({k: v for k, v in conf.items() if k != "d_model"})
 
 
-SMALL = ModelConfig(vocab_size=4096, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_size=96,
-                    max_seq_len=64)
 
 
 @pytest.fixture()
@@ -85,11 +84,11 @@ def test_missing_or_misshaped_tensors_are_named(folder):
     conf = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**conf, "n_layers": 3}))
     with pytest.raises(ConfigError, match=r"missing \['model.transformer.blocks.2.attn_norm.weight'"):
-        load_llada_folder(path)
+        load_hf_folder(path)
     (path / "config.json").write_text(json.dumps({**conf, "mlp_hidden_size": 128}))
     with pytest.raises(ConfigError, match=r"wrong shape \[.*'model.transformer.blocks.0.ff_proj.weight \(96, 64\) "
                                           r"\(expected \(128, 64\)\)'"):
-        load_llada_folder(path)
+        load_hf_folder(path)
 
 
 @pytest.mark.timeout(200)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from test_hf_adapter import SMALL
+from helpers import SMALL
 
 from llada_ds.data.tokenizer import Tokenizer
-from llada_ds.hf.adapter import load_llada_folder, read_weights
+from llada_ds.weights import load_hf_folder, read_hf_tensors
 from llada_ds.hf.export import AUTO_MAP, ExportError, export_model, verify_export
 from llada_ds.model import build_model
 
@@ -29,9 +29,9 @@ def test_export_loads_in_transformers_with_equal_logits_and_round_trips(sp_token
     # Our logits against transformers' on the folder, directly (the export ran the same check).
     assert verify_export(out, tok) < 1e-5
     # Export -> read back -> export: the tensors are byte-identical.
-    again, _ = load_llada_folder(out, torch.float32 if dtype == "fp32" else torch.bfloat16)
+    again, _ = load_hf_folder(out, torch.float32 if dtype == "fp32" else torch.bfloat16)
     export_model(again, tok, tmp_path / "b", dtype=dtype, max_shard_size="300KB", verify=False)
-    first, second = read_weights(out), read_weights(tmp_path / "b")
+    first, second = read_hf_tensors(out), read_hf_tensors(tmp_path / "b")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) and first[k].dtype == second[k].dtype for k in first)
 
@@ -53,7 +53,7 @@ def test_import_then_export_round_trips_byte_identical_tensors(sp_tokenizer, tmp
     import subprocess
     import sys
 
-    from llada_ds.hf.adapter import import_llada_folder
+    from llada_ds.hf.importer import import_llada_folder
     from llada_ds.inference import load_for_inference
 
     torch.manual_seed(1)
@@ -66,7 +66,7 @@ def test_import_then_export_round_trips_byte_identical_tensors(sp_tokenizer, tmp
     res = subprocess.run([sys.executable, "-m", "llada_ds.cli", "export", str(ckpt), str(tmp_path / "second"),
                           "--dtype", "bf16"], capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, res.stderr[-2000:]
-    a, b = read_weights(first), read_weights(tmp_path / "second")
+    a, b = read_hf_tensors(first), read_hf_tensors(tmp_path / "second")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
@@ -75,4 +75,4 @@ def test_pickled_weights_are_refused(tmp_path):
 
     torch.save({"x": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ConfigError, match="never unpickles"):
-        read_weights(tmp_path)
+        read_hf_tensors(tmp_path)

@@ -1,0 +1,242 @@
+"""Weights from wherever they live, read into the plain model: the layer every consumer builds on.
+
+Two kinds of source:
+- a llada-ds checkpoint (docs/design.md, "Checkpoints"): a run directory, its checkpoints/ folder
+  or one step-* directory. Its weights are DeepSpeed's ZeRO shards of any world size
+  (consolidated in fp32 by DeepSpeed's own zero_to_fp32), a DeepSpeed universal checkpoint (one
+  fp32 file per parameter), or an imported one (`llada-ds import`: weights.safetensors). Its
+  run_state.json says what model, tokenizer and data it belongs to.
+- a Hugging Face folder in LLaDA's released layout (config.json + safetensors; ours after export,
+  or LLaDA's own), read through the name mapping of llada_ds/model/hf_layout.py. No remote code
+  runs and nothing is unpickled.
+
+Training (init_from), inference, evaluation, export and import all read weights through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import CheckpointError, ConfigError
+from .model import LLaDAModel, ModelConfig
+from .model.hf_layout import from_llada_state_dict, model_config_from_llada, to_llada_name
+
+# The dtype names the command line takes (--dtype), for loading, casting and export.
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+# The checkpoint layout: RUN_DIR/checkpoints/step-00000100/{DeepSpeed's files, run_state.json}
+# and RUN_DIR/checkpoints/latest naming the newest complete one (train/checkpoint.py writes them).
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+RUN_STATE = "run_state.json"
+IMPORTED_WEIGHTS = "weights.safetensors"  # written by `llada-ds import`
+
+
+def dtype_of(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
+    """The checkpoint `latest` names in a checkpoints/ folder, None if there is none yet."""
+    pointer = Path(ckpt_root) / LATEST
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    path = Path(ckpt_root) / tag
+    if not (path / RUN_STATE).is_file():
+        raise CheckpointError(f"{pointer} points to {tag}, which has no {RUN_STATE}: the checkpoint is incomplete")
+    return path
+
+
+def read_run_state(ckpt_dir: Path) -> dict:
+    path = Path(ckpt_dir) / RUN_STATE
+    if not path.is_file():
+        if not Path(ckpt_dir).exists():
+            raise CheckpointError(f"{ckpt_dir} does not exist")
+        raise CheckpointError(f"{ckpt_dir}: not a complete llada-ds checkpoint (no {RUN_STATE})")
+    return json.loads(path.read_text())
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory, its checkpoints/ folder, or one checkpoint -> that checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    for candidate in (path / CHECKPOINTS, path):
+        found = latest_checkpoint(candidate) if (candidate / LATEST).is_file() else None
+        if found is not None:
+            return found
+    if (path / RUN_STATE).is_file():
+        return path
+    raise CheckpointError(f"{path}: no llada-ds checkpoint (expected a run directory or a step-* checkpoint)")
+
+
+def is_hf_folder(path: Path) -> bool:
+    """A Hugging Face folder in LLaDA's layout (it has a config.json; checkpoints never do)."""
+    return (Path(path) / "config.json").is_file()
+
+
+def is_universal(ckpt: Path) -> bool:
+    """DeepSpeed's universal checkpoint (ds_to_universal): one folder per parameter under zero/."""
+    return (ckpt / "zero").is_dir() and not list(ckpt.glob("*optim_states.pt"))
+
+
+# -- Hugging Face folders ---------------------------------------------------------------------------
+
+def hf_config(folder: Path) -> tuple[ModelConfig, dict]:
+    """(our model config, the folder's config.json)."""
+    conf_path = Path(folder) / "config.json"
+    if not conf_path.is_file():
+        raise ConfigError(f"{folder}: no config.json")
+    conf = json.loads(conf_path.read_text())
+    return model_config_from_llada(conf, str(conf_path)), conf
+
+
+def read_hf_tensors(folder: Path) -> dict:
+    """All tensors of a Hugging Face folder under their stored names, sharded or single safetensors."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out = {}
+        for f in files:
+            out.update(load_file(str(folder / f)))
+        return out
+    if (folder / "model.safetensors").is_file():
+        return load_file(str(folder / "model.safetensors"))
+    if list(folder.glob("pytorch_model*.bin")):
+        raise ConfigError(f"{folder}: only pickled PyTorch weights (pytorch_model*.bin); llada-ds reads safetensors "
+                          "only, never unpickles: convert them to safetensors first")
+    raise ConfigError(f"{folder}: no weights (model.safetensors or model.safetensors.index.json)")
+
+
+def load_hf_folder(folder: Path, dtype: Optional[torch.dtype] = torch.float32) -> tuple[LLaDAModel, dict]:
+    """Our model with the weights of a released-format folder: (model, its config.json). The
+    weights are cast to `dtype` as they are assigned (None keeps the stored dtype), so a bf16 8B
+    model is never materialised in fp32 first."""
+    folder = Path(folder)
+    cfg, conf = hf_config(folder)
+    with torch.device("meta"):
+        model = LLaDAModel(cfg)
+    ours, unexpected = from_llada_state_dict(read_hf_tensors(folder))
+    expected = dict(model.named_parameters())
+    missing = [to_llada_name(n) for n in expected if n not in ours]
+    wrong = [f"{to_llada_name(n)} {tuple(t.shape)} (expected {tuple(expected[n].shape)})"
+             for n, t in ours.items() if n in expected and tuple(t.shape) != tuple(expected[n].shape)]
+    if missing or unexpected or wrong:
+        raise ConfigError(f"{folder}: weights do not fit the config: missing {missing[:6]}, unexpected "
+                          f"{unexpected[:6]}, wrong shape {wrong[:6]}")
+    model.load_state_dict({k: v if dtype is None else v.to(dtype) for k, v in ours.items()}, assign=True)
+    return model.eval(), conf
+
+
+# -- llada-ds checkpoints ---------------------------------------------------------------------------
+
+def read_checkpoint_weights(ckpt: Path) -> dict:
+    """Our-named tensors of one checkpoint directory: DeepSpeed's ZeRO shards (consolidated in fp32
+    by its own tool), a DeepSpeed universal checkpoint (its per-parameter fp32 files), or an
+    imported one."""
+    ckpt = Path(ckpt)
+    if (ckpt / IMPORTED_WEIGHTS).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(ckpt / IMPORTED_WEIGHTS))
+    if is_universal(ckpt):
+        with torch.device("meta"):
+            shapes = {n: p.shape for n, p in
+                      LLaDAModel(ModelConfig.from_dict(read_run_state(ckpt)["model"])).named_parameters()}
+        out = {}
+        for name, shape in shapes.items():
+            f = ckpt / "zero" / name / "fp32.pt"
+            if not f.is_file():
+                raise CheckpointError(f"{ckpt}: universal checkpoint lacks {f.relative_to(ckpt)}")
+            flat = torch.load(f, map_location="cpu", weights_only=True)  # DeepSpeed's own tensor files
+            flat = flat["param"] if isinstance(flat, dict) else flat
+            out[name] = flat.reshape(shape) if flat.numel() == shape.numel() else flat[: shape.numel()].reshape(shape)
+        return out
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+
+
+def check_compatible(state: dict, model_cfg: dict, tokenizer_fingerprint: Optional[str], where: Path) -> None:
+    """Refuse weights of another model shape or tokenizer, naming what differs. `state` is a run
+    state (or any dict with "model" and, to check it, "tokenizer")."""
+    saved = state.get("model", {})
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {model_cfg.get(k)!r}"
+             for k in sorted(set(saved) | set(model_cfg))
+             if k != "attention" and saved.get(k) != model_cfg.get(k)]
+    if diffs:
+        raise CheckpointError(f"{where} holds another model shape: " + "; ".join(diffs))
+    if state.get("tokenizer") is not None and tokenizer_fingerprint is not None \
+            and state["tokenizer"] != tokenizer_fingerprint:
+        raise CheckpointError(f"{where} was trained with tokenizer {state.get('tokenizer')}, this run uses "
+                              f"{tokenizer_fingerprint}")
+
+
+# -- either kind ------------------------------------------------------------------------------------
+
+@dataclass
+class WeightsSource:
+    """A resolved source of weights: what it is and what it says about itself."""
+
+    path: Path  # the checkpoint directory, or the Hugging Face folder
+    kind: str  # "checkpoint" | "huggingface"
+    model_config: ModelConfig
+    run_state: Optional[dict] = None  # checkpoints
+    hf_config: Optional[dict] = None  # folders
+
+    @property
+    def description(self) -> dict:
+        """What check_compatible compares: the model shape and (checkpoints) the tokenizer."""
+        return {"model": self.model_config.to_dict(),
+                "tokenizer": None if self.run_state is None else self.run_state.get("tokenizer")}
+
+
+def find_weights(path: Path) -> WeightsSource:
+    """Resolve a run directory, checkpoint or Hugging Face folder without reading its tensors."""
+    path = Path(path)
+    if is_hf_folder(path):
+        cfg, conf = hf_config(path)
+        return WeightsSource(path, "huggingface", cfg, hf_config=conf)
+    ckpt = resolve_checkpoint(path)
+    state = read_run_state(ckpt)
+    return WeightsSource(ckpt, "checkpoint", ModelConfig.from_dict(state["model"]), run_state=state)
+
+
+def read_weights(source: WeightsSource) -> dict:
+    """Our-named tensors of a source (a checkpoint's in fp32, a folder's as stored)."""
+    if source.kind == "huggingface":
+        return from_llada_state_dict(read_hf_tensors(source.path))[0]
+    return read_checkpoint_weights(source.path)
+
+
+def load_model(path: Path | WeightsSource,
+               dtype: Optional[torch.dtype] = torch.float32) -> tuple[LLaDAModel, WeightsSource]:
+    """The plain model (eval mode, on the CPU) with the weights of any source, and the source."""
+    source = path if isinstance(path, WeightsSource) else find_weights(path)
+    if source.kind == "huggingface":
+        return load_hf_folder(source.path, dtype)[0], source
+    model = LLaDAModel(source.model_config)
+    missing, unexpected = model.load_state_dict(read_checkpoint_weights(source.path), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source.path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval(), source
