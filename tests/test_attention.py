@@ -156,3 +156,24 @@ def test_bf16_sdpa_stays_close_to_the_fp32_reference():
     out = SdpaAttention()(q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
     assert out.dtype == torch.bfloat16
     assert rel_err(out.float(), ref) < 2e-2
+
+
+@pytest.mark.parametrize("backend", [EagerAttention(), SdpaAttention()], ids=["eager", "sdpa"])
+def test_a_key_padding_mask_over_more_keys_than_queries(backend):
+    # The cached sampler's calls: 4 new queries attend to 10 keys (6 cached, then their own 4),
+    # some of them padding; the mask (batch, 1, 1, keys) is the same for every query.
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 4, 8)
+    k, v = torch.randn(2, 10, 2, 8), torch.randn(2, 10, 2, 8)
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    valid[0, :3] = False
+    valid[1, 6] = False
+    out = backend(q, k, v, valid[:, None, None, :])
+    for bi in range(2):
+        keep = valid[bi]
+        for hi in range(4):
+            kh, vh = k[bi, keep, hi // 2].double(), v[bi, keep, hi // 2].double()
+            for i in range(4):
+                scores = kh @ q[bi, i, hi].double() / math.sqrt(8)
+                ref = torch.softmax(scores, 0) @ vh
+                assert rel_err(out[bi, i, hi], ref) < 1e-5

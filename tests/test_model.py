@@ -1,3 +1,4 @@
+import inspect
 import math
 import time
 
@@ -6,7 +7,8 @@ import torch
 
 from llada_ds.model import ConfigError, ModelConfig, build_model, count_parameters, get_preset
 from llada_ds.model.sizing import analytic_parameter_count, count, train_flops_per_token
-from llada_ds.model.transformer import init_stds
+from llada_ds.model.kv_cache import InferenceContext, KVCache, cache_backend, inference_context
+from llada_ds.model.transformer import LLaDAModel, init_stds
 
 SMALL = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_size=96,
                     max_seq_len=32, attention="eager")
@@ -147,7 +149,7 @@ def test_document_mask_isolates_documents():
     with torch.no_grad():
         packed = model(ids, doc_ids=docs)
         # The second document alone, at the same positions (RoPE is relative, so any offset works).
-        alone = model(ids[:, 5:], position_ids=torch.arange(5, 12))
+        alone = model(ids[:, 5:], cache=inference_context("eager", positions=torch.arange(5, 12)))
     torch.testing.assert_close(packed[:, 5:], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -178,10 +180,61 @@ def test_from_dict_rejects_unknown_keys_and_unknown_presets():
 @pytest.mark.parametrize("with_docs", [False, True])
 def test_whole_model_sdpa_and_eager_agree_fp32(with_docs):
     model = build_model(SMALL.replace(attention="eager")).eval()
+    sdpa = build_model(SMALL.replace(attention="sdpa")).eval()
+    sdpa.load_state_dict(model.state_dict())
     ids = torch.randint(0, SMALL.vocab_size, (2, 24))
     docs = torch.tensor([[0] * 10 + [1] * 14, [0] * 3 + [1] * 21]) if with_docs else None
     with torch.no_grad():
         ref = model(ids, doc_ids=docs)
-        model.config = SMALL.replace(attention="sdpa")
-        out = model(ids, doc_ids=docs)
+        out = sdpa(ids, doc_ids=docs)
     assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_forward_keeps_the_training_keywords_and_takes_one_inference_argument():
+    params = inspect.signature(LLaDAModel.forward).parameters
+    assert list(params) == ["self", "input_ids", "doc_ids", "logits_mask", "causal", "cache"]
+    assert params["causal"].kind is params["cache"].kind is inspect.Parameter.KEYWORD_ONLY
+    model = build_model(SMALL).eval()
+    ids = torch.randint(0, SMALL.vocab_size, (2, 10))
+    docs = torch.tensor([[0] * 4 + [1] * 6, [0] * 10])
+    sel = torch.rand(2, 10) < 0.5
+    with torch.no_grad():
+        full = model(ids, doc_ids=docs)
+        torch.testing.assert_close(model(ids, doc_ids=docs, logits_mask=sel), full[sel], rtol=1e-6, atol=1e-6)
+        causal = model(ids, doc_ids=docs, causal=True)
+        assert not torch.allclose(causal, full)
+        # A context with nothing in it (same kernel, no past, no padding) is the plain forward.
+        assert torch.equal(model(ids, cache=inference_context("eager")), model(ids))
+
+
+def test_inference_context_is_checked():
+    model = build_model(SMALL).eval()
+    ids = torch.randint(0, SMALL.vocab_size, (1, 6))
+    with pytest.raises(ValueError, match="sdpa or eager"):
+        InferenceContext("flash")
+    with pytest.raises(ValueError, match="doc_ids or causal"):
+        model(ids, doc_ids=torch.zeros(1, 6, dtype=torch.long), cache=inference_context("eager"))
+    with pytest.raises(ValueError, match="doc_ids or causal"):
+        model(ids, causal=True, cache=inference_context("eager"))
+    collect = []
+    with torch.no_grad():
+        model(ids, cache=inference_context("eager", collect=collect))
+    past = KVCache.from_collected(collect)
+    with pytest.raises(ValueError, match="positions"):
+        inference_context("eager", past=past)
+    # The key mask covers the cached keys first, then the new tokens; none when nothing is padding.
+    assert inference_context("eager", past=past, positions=torch.arange(6, 8)).key_mask is None
+    valid = torch.tensor([[False, True]])
+    mask = inference_context("sdpa", valid, past=past, positions=torch.arange(6, 8)).key_mask
+    assert mask.shape == (1, 1, 1, 8) and mask.flatten().tolist() == [True] * 6 + [False, True]
+
+
+def test_cached_calls_take_their_kernel_from_the_context_not_the_config():
+    model = build_model(SMALL.replace(attention="flash")).eval()  # flash cannot run on CPU
+    eager = build_model(SMALL).eval()
+    eager.load_state_dict(model.state_dict())
+    ids = torch.randint(0, SMALL.vocab_size, (2, 8))
+    with torch.no_grad():
+        out = model(ids, cache=inference_context(cache_backend(model.config.attention)))
+        torch.testing.assert_close(out, eager(ids), rtol=1e-5, atol=1e-5)
+    assert cache_backend("eager") == "eager" and {cache_backend(a) for a in ("auto", "flash", "sdpa")} == {"sdpa"}

@@ -189,7 +189,7 @@ def test_likelihood_variance_shrinks_with_mc_num(model):
 
 from llada_ds.diffusion.fast_sampler import FastConfig, generate_fast  # noqa: E402
 from llada_ds.diffusion.sampler import left_pad  # noqa: E402
-from llada_ds.model.transformer import KVCache  # noqa: E402
+from llada_ds.model.kv_cache import KVCache, inference_context  # noqa: E402
 
 
 @pytest.mark.parametrize("cfg", [
@@ -210,11 +210,12 @@ def test_cached_keys_reproduce_the_full_forward_with_padding(model):
     x = torch.cat([x, torch.full((2, 6), TOK.mask)], dim=1)
     valid = torch.cat([valid, torch.ones(2, 6, dtype=torch.bool)], dim=1)
     collect = []
-    full = model(x, key_valid=valid, collect_kv=collect)
-    cache = KVCache([k for k, _ in collect], [v for _, v in collect], valid)
+    full = model(x, cache=inference_context("eager", valid, collect=collect))
+    assert len(collect) == CFG.n_layers
+    cache = KVCache.from_collected(collect, valid)
     pos = torch.arange(x.shape[1])
     for keep, q in ((pos[:8], pos[8:]), (torch.cat([pos[:8], pos[11:]]), pos[8:11])):
-        part = model(x[:, q], position_ids=q, past=cache.select(keep), key_valid=valid[:, q])
+        part = model(x[:, q], cache=inference_context("eager", valid[:, q], positions=q, past=cache.select(keep)))
         torch.testing.assert_close(part[valid[:, q]], full[:, q][valid[:, q]], rtol=1e-5, atol=1e-5)
     # Real tokens ignore padding: the unpadded second row gives the same logits.
     alone = model(torch.cat([torch.tensor([[11, 3, 4]]), torch.full((1, 6), TOK.mask)], dim=1))
@@ -246,9 +247,10 @@ def test_cached_steps_feed_the_right_positions_and_cached_keys(model, mode):
     original = model.forward
 
     def spy(input_ids, **kw):
-        past = kw.get("past")
-        calls.append((input_ids.shape[1], None if kw.get("position_ids") is None else kw["position_ids"].tolist(),
-                      None if past is None else past.keys[0].shape[1]))
+        assert set(kw) == {"cache"}  # everything the cached sampler needs travels in one argument
+        ctx = kw["cache"]
+        calls.append((input_ids.shape[1], None if ctx.positions is None else ctx.positions.tolist(),
+                      None if ctx.past is None else ctx.past.keys[0].shape[1]))
         return original(input_ids, **kw)
 
     model.forward = spy
@@ -280,3 +282,90 @@ def test_fast_sampler_terminates_when_the_model_predicts_the_mask(model):
     finally:
         with torch.no_grad():
             model.head.weight.copy_(saved)
+
+
+# ---- the shared pieces: guidance, one step, settings ------------------------------------------------
+
+from llada_ds.diffusion.sampler import denoise_step, guided_logits  # noqa: E402
+from llada_ds.errors import ConfigError  # noqa: E402
+from llada_ds.model import LLaDAModel  # noqa: E402
+
+
+def test_guidance_combines_a_conditional_and_a_prompt_masked_pass(model):
+    x = torch.tensor([[5, 9, 13, TOK.mask, TOK.mask], [11, 3, 4, 8, TOK.mask]])
+    fn = lambda t, valid: model(t)  # noqa: E731
+    with torch.no_grad():
+        cond = model(x)
+        uncond = model(torch.cat([torch.full((2, 3), TOK.mask), x[:, 3:]], dim=1))
+        guided = guided_logits(fn, x, None, 3, TOK.mask, 1.5)
+        assert torch.equal(guided_logits(fn, x, None, 3, TOK.mask, 0.0), cond)
+    torch.testing.assert_close(guided, uncond + 2.5 * (cond - uncond), rtol=1e-5, atol=1e-5)
+    assert x[0, 0] == 5  # the caller's canvas is not overwritten by the unconditional pass
+
+
+def test_one_step_reveals_by_count_or_by_threshold():
+    gen = torch.Generator().manual_seed(0)
+    m = TOK.mask
+    window = torch.tensor([[1, m, m, m, m], [m, 2, m, m, 3]])
+    logits = torch.zeros(2, 5, V)
+    # Candidate j + 10 at position j, with a confidence that grows with j (from 0.017 to 0.49).
+    for j in range(5):
+        logits[:, j, j + 10] = j + 0.5
+    cfg = SamplerConfig(gen_length=4, steps=4)
+    out = denoise_step(logits.clone(), window, cfg, TOK, gen, counts=torch.tensor([2, 1]))
+    assert out.tolist() == [[1, m, m, 13, 14], [m, 2, m, 13, 3]]
+    # Positions from block_end on never qualify, whatever their confidence.
+    out = denoise_step(logits.clone(), window, cfg, TOK, gen, counts=torch.tensor([2, 1]), block_end=3)
+    assert out.tolist() == [[1, 11, 12, m, m], [m, 2, 12, m, 3]]
+    probs = torch.softmax(logits[0, 3], -1)[13].item()  # confidence of position 3, between 0 and 1
+    out = denoise_step(logits.clone(), window, cfg, TOK, gen, threshold=probs - 1e-3)
+    assert out.tolist() == [[1, m, m, 13, 14], [m, 2, m, 13, 3]]
+    out = denoise_step(logits.clone(), window, cfg, TOK, gen, threshold=0.999)  # none above: the best one
+    assert out.tolist() == [[1, m, m, m, 14], [m, 2, m, 13, 3]]
+    with pytest.raises(ValueError, match="either counts or threshold"):
+        denoise_step(logits.clone(), window, cfg, TOK, gen)
+
+
+@pytest.mark.parametrize("attention", ["auto", "flash", "sdpa"])
+def test_fast_sampler_leaves_the_model_config_alone(model, attention):
+    # flash on CPU could not run at all: the sampler's own kernel choice (SDPA) must be what runs.
+    other = LLaDAModel(CFG.replace(attention=attention)).eval()
+    other.load_state_dict(model.state_dict())
+    ref_model = LLaDAModel(CFG.replace(attention="sdpa")).eval()
+    ref_model.load_state_dict(model.state_dict())
+    config = other.config
+    seen = []
+    cfg = SamplerConfig(gen_length=8, steps=8, block_length=4)
+    for fast in (FastConfig("none"), FastConfig("dual", threshold=0.5)):
+        out, _ = generate_fast(other, PROMPTS, cfg, TOK, fast, on_step=lambda s, c: seen.append(other.config))
+        assert out.tolist() == generate_fast(ref_model, PROMPTS, cfg, TOK, fast)[0].tolist()
+    assert other.config is config and config == CFG.replace(attention=attention)
+    assert all(c is config for c in seen)  # not even swapped during the run
+
+
+def test_bad_settings_raise_config_errors_that_name_the_value(model):
+    for cfg, text in ((SamplerConfig(gen_length=10, steps=10, block_length=4), "gen_length=10"),
+                      (SamplerConfig(gen_length=8, steps=3, block_length=4), "steps=3"),
+                      (SamplerConfig(gen_length=0, steps=8), "gen_length=0"),
+                      (SamplerConfig(gen_length=8, steps=8, remasking="lowest"), "'lowest'"),
+                      (SamplerConfig(gen_length=8, steps=8, temperature=-1.0), "temperature=-1.0"),
+                      (SamplerConfig(gen_length=8, steps=8, cfg_scale=-0.5), "cfg_scale=-0.5")):
+        for sample in (generate, generate_fast):
+            with pytest.raises(ConfigError, match=text):
+                sample(model, [[1]], cfg, TOK)
+    with pytest.raises(ConfigError, match="both are 5"):
+        generate(model, [[1]], SamplerConfig(gen_length=8, steps=8), SpecialTokens(mask=5, pad=5, eos=1, eot=2))
+    with pytest.raises(ConfigError, match="'full'"):
+        FastConfig("full")
+    with pytest.raises(ConfigError, match="threshold=1.5"):
+        FastConfig("dual", threshold=1.5)
+    with pytest.raises(ConfigError, match="cfg_scale=1.5.*'prefix'"):
+        generate_fast(model, [[1]], SamplerConfig(gen_length=8, steps=8, cfg_scale=1.5), TOK, FastConfig("prefix"))
+    with pytest.raises(ConfigError, match="answer is empty"):
+        log_likelihood(model, [1, 2], [], TOK.mask)
+    with pytest.raises(ConfigError, match="mc_num=12 must be a multiple of batch_size=8"):
+        log_likelihood(model, [1, 2], [3], TOK.mask, mc_num=12, batch_size=8)
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        log_likelihood(model, [1, 2], [3], TOK.mask, mc_num=8, batch_size=0)
+    with pytest.raises(ConfigError, match="cfg_scale=-1"):
+        log_likelihood(model, [1, 2], [3], TOK.mask, mc_num=8, batch_size=8, cfg_scale=-1)

@@ -3,7 +3,9 @@
 Pre-norm blocks (RMSNorm -> attention with RoPE -> residual, RMSNorm -> SwiGLU -> residual), a
 final RMSNorm and an untied output head; no biases. Logits are not shifted: the logit at position i
 predicts the token at position i. Plain single-device PyTorch: ZeRO-3, activation checkpointing
-and launchers wrap it from outside (checkpointing wraps each element of ``layers``).
+and launchers wrap it from outside (checkpointing wraps each element of ``layers``). The fast
+sampler's cached calls pass one ``InferenceContext`` (kv_cache.py) that it builds itself: the model
+reads positions, cached keys/values, key mask and kernel from it and is never reconfigured.
 
 Initialisation (for training from scratch at depth)
 ---------------------------------------------------
@@ -29,6 +31,7 @@ import torch.nn as nn
 
 from .attention import resolve_backend
 from .config import ModelConfig
+from .kv_cache import InferenceContext, KVCache
 from .layers import Embedding, Linear, RMSNorm, SwiGLU
 from .rope import apply_rope, rope_angles
 
@@ -50,24 +53,10 @@ class AttentionInputs:
     sin: torch.Tensor
     backend: Any
     prepared: Any  # the backend's mask / cu_seqlens, or None
-    # Inference with a key/value cache: per layer, keys/values of other positions (RoPE applied)
+    # A cached forward (see kv_cache): per layer, keys/values of other positions (RoPE applied)
     # that the new tokens also attend to; and a list that collects each layer's new keys/values.
-    past: Optional["KVCache"] = None
+    past: Optional[KVCache] = None
     collect: Optional[list] = None
-
-
-@dataclass
-class KVCache:
-    """Keys and values of positions not recomputed, per layer: (batch, n, kv_heads, head_dim)."""
-
-    keys: list
-    values: list
-    valid: Optional[torch.Tensor] = None  # (batch, n) bool: False for padding
-
-    def select(self, index: torch.Tensor) -> "KVCache":
-        """The cache restricted to positions `index` (1-D) of its sequence axis."""
-        return KVCache([k[:, index] for k in self.keys], [v[:, index] for v in self.values],
-                       None if self.valid is None else self.valid[:, index])
 
 
 class Attention(nn.Module):
@@ -133,52 +122,46 @@ class LLaDAModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         doc_ids: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
         logits_mask: Optional[torch.Tensor] = None,
-        past: Optional[KVCache] = None,
-        key_valid: Optional[torch.Tensor] = None,
-        collect_kv: Optional[list] = None,
+        *,
         causal: bool = False,
+        cache: Optional[InferenceContext] = None,
     ) -> torch.Tensor:
         """Logits for every position, shape (batch, seq, vocab).
 
         doc_ids: optional (batch, seq) document ids; attention stays within each document.
-        position_ids: optional (seq,) or (batch, seq) RoPE positions; default 0..seq-1.
         logits_mask: optional (batch, seq) bool; then only those positions go through the output
             head and the result is (n_selected, vocab) in row-major order. The diffusion losses
             score masked positions only, so this skips the head for the rest.
-        Inference with a key/value cache (the fast sampler): `past` holds keys/values of other
-        positions that input_ids attend to as well (give position_ids for input_ids); key_valid
-        (batch, seq) marks input_ids' real tokens when there is padding; collect_kv, a list,
-        receives each layer's (keys, values) of input_ids. Not for training.
         causal: a left-to-right mask instead of bidirectional attention (the autoregressive
-        baseline; LLaDA itself never sets it).
+            baseline; LLaDA itself never sets it).
+        cache: inference only (the fast sampler): an InferenceContext giving the tokens' RoPE
+            positions, cached keys/values they also attend to, the key padding mask, a list that
+            collects each layer's keys/values, and the attention backend for the call. The
+            context replaces doc_ids and causal (padding is masked through its key mask).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
         device = input_ids.device
         h = self.embed(input_ids)
-        if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=device)
-        cos, sin = rope_angles(position_ids.to(device), self.config.head_dim, self.config.rope_theta)
+        positions = None if cache is None else cache.positions
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=device)
+        cos, sin = rope_angles(positions.to(device), self.config.head_dim, self.config.rope_theta)
         # Under autocast the projections produce the autocast dtype, not the weights' dtype:
         # the kernel choice must follow what q, k and v will be.
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else h.dtype
-        backend = resolve_backend(self.config.attention, device, dtype, causal, self.config.head_dim)
-        if past is None and key_valid is None:
+        if cache is None:
+            backend = resolve_backend(self.config.attention, device, dtype, causal, self.config.head_dim)
             prepared = backend.prepare(None if doc_ids is None else doc_ids.to(device), input_ids.shape[1], device)
+            attn = AttentionInputs(cos, sin, backend, prepared)
         else:
-            if doc_ids is not None or backend.name == "flash" or causal:
-                raise ValueError("a key/value cache works with the sdpa or eager backend, bidirectional, no doc_ids")
-            # Padding mask over the keys (cached ones first), the same for every query.
-            b = input_ids.shape[0]
-            new_valid = key_valid if key_valid is not None else torch.ones_like(input_ids, dtype=torch.bool)
-            old_valid = None if past is None else past.valid
-            if old_valid is None and past is not None:
-                old_valid = torch.ones(b, past.keys[0].shape[1], dtype=torch.bool, device=device)
-            valid = new_valid if old_valid is None else torch.cat([old_valid, new_valid], dim=1)
-            prepared = None if bool(valid.all()) else valid[:, None, None, :]
-        attn = AttentionInputs(cos, sin, backend, prepared, past, collect_kv)
+            if doc_ids is not None or causal:
+                raise ValueError("a forward with an inference context is bidirectional and masks padding through "
+                                 "the context's key mask: do not also give doc_ids or causal=True")
+            backend = resolve_backend(cache.attention, device, dtype, False, self.config.head_dim)
+            prepared = None if cache.key_mask is None else cache.key_mask.to(device)
+            attn = AttentionInputs(cos, sin, backend, prepared, cache.past, cache.collect)
         for layer in self.layers:
             h = layer(h, attn) if self.layer_runner is None else self.layer_runner(layer, h, attn)
         h = self.norm(h)
