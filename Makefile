@@ -31,7 +31,7 @@ demo: $(CORPUS)/LICENSE.md
 		--val-fraction 0.05 --shard-tokens 1000000 --quiet
 	$(BIN)/llada-ds shards $(DEMO)/shards/train
 	DS_ACCELERATOR=cpu $(BIN)/llada-ds info --preset tiny --gpus 2
-	$(BIN)/llada-ds train --nproc 2 --recipe tiny --run-dir $(DEMO)/train --deepspeed_config ds_configs/cpu.json
+	$(BIN)/llada-ds train --nproc 2 --recipe tiny --run-dir $(DEMO)/train
 	@grep 'validation loss' $(DEMO)/train/train.log | sed -n '1p;$$p' | \
 		awk '{v[NR]=$$NF} END {printf "validation loss %s -> %s\n", v[1], v[NR]}'
 
@@ -39,11 +39,11 @@ demo: $(CORPUS)/LICENSE.md
 # model can learn in minutes), SFT of the demo model, and the held-out exact match with the
 # sampler before and after SFT (measured: 0.00 -> 0.22).
 demo-sft: $(CORPUS)/LICENSE.md
-	$(BIN)/llada-ds sft-task --out $(DEMO)/task --train 2000 --test 100 --tasks copy lookup
+	$(BIN)/python examples/instruct_task.py --out $(DEMO)/task --train 2000 --test 100 --tasks copy lookup
 	$(BIN)/llada-ds sft-data --input $(DEMO)/task/train.jsonl --tokenizer $(DEMO)/tokenizer --out $(DEMO)/sft \
 		--val-fraction 0.05
 	$(BIN)/llada-ds eval --model $(DEMO)/train --instruction-test $(DEMO)/task/test.jsonl --limit 50
-	$(BIN)/llada-ds train --nproc 2 --recipe sft-tiny --run-dir $(DEMO)/sft-train --deepspeed_config ds_configs/cpu.json
+	$(BIN)/llada-ds train --nproc 2 --recipe sft-tiny --run-dir $(DEMO)/sft-train
 	$(BIN)/llada-ds eval --model $(DEMO)/sft-train --instruction-test $(DEMO)/task/test.jsonl --limit 50
 
 demo-clean:

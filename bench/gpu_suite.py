@@ -161,7 +161,6 @@ def train_step_bench(preset: str, model_overrides: dict, seq: int, micro: int, p
     from llada_ds.diffusion import NoiseConfig, diffusion_loss, pretrain_batch
     from llada_ds.model.sizing import count, train_flops_per_token
     from llada_ds.train.engine import build_engine, fill_ds_config, load_ds_config, set_learning_rate
-    from llada_ds.train.distributed import DistInfo
 
     cfg = RunConfig()
     cfg.model.preset, cfg.model.overrides = preset, dict(model_overrides)
@@ -171,10 +170,9 @@ def train_step_bench(preset: str, model_overrides: dict, seq: int, micro: int, p
     model_cfg = cfg.model.build()
     ds_path = REPO / "ds_configs" / ("zero3.json" if device.type == "cuda" else "cpu.json")
     ds = fill_ds_config(load_ds_config(str(ds_path)), cfg, world=1)
-    dist = DistInfo(0, 1, 0, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    engine, _ = build_engine(cfg, model_cfg, ds, dist)
+    engine, _ = build_engine(cfg, model_cfg, ds)
     set_learning_rate(engine, 1e-4)
     noise = NoiseConfig(random_length_prob=0.0)
     vocab = model_cfg.vocab_size

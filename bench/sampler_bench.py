@@ -38,9 +38,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     try:
         from llada_ds.data.tokenizer import Tokenizer
-        from llada_ds.train.checkpoint import load_plain_model
+        from llada_ds.weights import load_model
 
-        model, state = load_plain_model(Path(args.model))
+        model, source = load_model(Path(args.model))
+        state = source.run_state
         tok = Tokenizer.load(state["config"]["data"]["tokenizer"])
         prompts = [tok.encode(p) for p in PROMPTS]
         special = SpecialTokens.of(tok.special)

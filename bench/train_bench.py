@@ -32,40 +32,35 @@ from llada_ds.data.loader import DistributedBatches, WindowDataset  # noqa: E402
 from llada_ds.data.shards import ShardSet  # noqa: E402
 from llada_ds.data.storage import LocalStorage  # noqa: E402
 from llada_ds.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
-from llada_ds.diffusion import NoiseConfig, diffusion_loss, pretrain_batch  # noqa: E402
+from llada_ds.diffusion import NoiseConfig, PretrainObjective  # noqa: E402
 from llada_ds.model import LLaDAModel  # noqa: E402
 from llada_ds.model.sizing import count, train_flops_per_token  # noqa: E402
-from llada_ds.train.engine import param_groups  # noqa: E402
 from llada_ds.train.monitor import measure_matmul_tflops  # noqa: E402
+from llada_ds.train.optim import adamw  # noqa: E402
+from llada_ds.train.plain import train_plain  # noqa: E402
 from llada_ds.train.schedule import learning_rate  # noqa: E402
 
 MODEL = {"d_model": 512, "n_layers": 8, "n_heads": 8, "n_kv_heads": 8, "ffn_hidden_size": 1408, "max_seq_len": 256}
 
 
 def plain_loop(recipe: Path, steps: int, warmup: int) -> float:
-    """Tokens/s of the same training as a plain single-process PyTorch loop."""
+    """Tokens/s of the same training in the plain single-process loop (llada_ds/train/plain.py)."""
     cfg = load_run_config(str(recipe))
     tok = Tokenizer.load(cfg.data.tokenizer)
     torch.manual_seed(0)
     model = LLaDAModel(cfg.model.build())
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    opt = adamw(model, cfg.optim)
     batches = DistributedBatches(WindowDataset(ShardSet(LocalStorage(cfg.data.train)), cfg.data.seq_len, 0),
                                  cfg.train.global_batch, cfg.train.micro_batch)
-    noise = NoiseConfig(random_length_prob=0.0)
-    n_micro = cfg.train.global_batch // cfg.train.micro_batch
-    tokens, start = 0, None
-    for step in range(steps):
-        if step == warmup:
-            tokens, start = 0, time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(step, cfg.train.steps, cfg.optim.lr, cfg.schedule)
-        opt.zero_grad()
-        for mb in batches.step(step):
-            batch = pretrain_batch(mb.tokens, mb.sample_indices, step, tok.special.mask, noise)
-            (diffusion_loss(model(batch.noisy, logits_mask=batch.masked), batch).loss / n_micro).backward()
-            tokens += batch.target.numel()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
+    objective = PretrainObjective(tok.special.mask, noise=NoiseConfig(random_length_prob=0.0))
+
+    def lr_at(step: int) -> float:
+        return learning_rate(step, cfg.train.steps, cfg.optim.lr, cfg.schedule)
+
+    train_plain(model, objective, batches.step, warmup, opt, lr_at, cfg.optim.grad_clip)
+    start = time.perf_counter()
+    train_plain(model, objective, batches.step, steps - warmup, opt, lr_at, cfg.optim.grad_clip, start=warmup)
+    tokens = (steps - warmup) * cfg.train.global_batch * cfg.data.seq_len  # no random-length cut
     return tokens / (time.perf_counter() - start)
 
 

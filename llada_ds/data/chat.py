@@ -1,4 +1,4 @@
-"""The chat format of the released LLaDA instruct model (LLADA_SPEC.md, "SFT objective").
+"""The chat format of the released LLaDA instruct model (docs/llada.md, "SFT").
 
     BOS, then per turn  <|start_header_id|>ROLE<|end_header_id|>\\n\\nCONTENT<|eot_id|>
 and a generation prompt ends with the assistant header. Special tokens are inserted by id; the

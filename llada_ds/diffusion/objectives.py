@@ -72,19 +72,10 @@ class StepStats:
         return torch.cat([getattr(self, f.name).reshape(-1) for f in fields(self)])
 
     @classmethod
-    def unflat(cls, vector: torch.Tensor) -> "StepStats":
-        parts, i = [], 0
-        for f in fields(cls):
-            n = N_BUCKETS if f.name.startswith("bucket") else 1
-            parts.append(vector[i : i + n].reshape(()) if n == 1 else vector[i : i + n])
-            i += n
-        return cls(*parts)
-
-    def host(self) -> dict:
-        """The figures as Python numbers (one device-to-host copy)."""
-        values = self.flat().tolist()
+    def named(cls, values: list[float]) -> dict:
+        """The figures of a flat() vector moved to the host, by name (buckets as lists)."""
         out, i = {}, 0
-        for f in fields(self):
+        for f in fields(cls):
             n = N_BUCKETS if f.name.startswith("bucket") else 1
             out[f.name] = values[i] if n == 1 else values[i : i + n]
             i += n

@@ -36,7 +36,7 @@ def count(cfg: ModelConfig) -> ParameterCount:
 
 
 def analytic_parameter_count(cfg: ModelConfig) -> int:
-    """The closed form, as LLADA_SPEC.md writes it for the 8B model (tests compare it to count())."""
+    """The closed form, as docs/llada.md writes it for the 8B model (tests compare it to count())."""
     d, kv = cfg.d_model, cfg.kv_heads * cfg.head_dim
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * cfg.ffn_hidden_size + 2 * d
     return 2 * cfg.vocab_size * d + cfg.n_layers * per_layer + d

@@ -86,18 +86,21 @@ class Trainer:
             if poison:
                 loss, figures.loss = loss * float("nan"), figures.loss * float("nan")
             stats = stats + figures
-            if i == len(micro_batches) - 1:
-                # Before the last backward: one all-reduce gives every rank the step's figures and any
-                # stop request, so that all ranks agree on applying the update and on stopping.
-                totals = all_reduce_(torch.cat([stats.flat(), torch.tensor([float(self.stop.requested)],
-                                                                             dtype=torch.float64, device=stats.loss.device)]))
-                figures_sum, stop = StepStats.unflat(totals[:-1]).host(), totals[-1].item() > 0
-                reason = self.guard.reason(figures_sum["loss"] / n, self.state)
+            if i == len(micro_batches) - 1:  # decide before the last backward
+                totals, stop = self._agree(stats)
+                reason = self.guard.reason(totals["loss"] / n, self.state)
                 if reason:
                     loss = loss * float("nan")  # ZeRO-3 sees non-finite gradients and skips the update
             self.engine.backward(loss)
             self.engine.step()
-        return self._outcome(step, lr, figures_sum["loss"] / n, reason, stop, figures_sum)
+        return self._outcome(step, lr, totals["loss"] / n, reason, stop, totals)
+
+    def _agree(self, stats: StepStats) -> tuple[dict, bool]:
+        """One all-reduce and one copy to the host per step: the step's figures summed over ranks,
+        and whether any rank was asked to stop, so that all ranks agree on the update and the stop."""
+        flag = torch.tensor([float(self.stop.requested)], dtype=torch.float64, device=stats.loss.device)
+        values = all_reduce_(torch.cat([stats.flat(), flag])).tolist()
+        return StepStats.named(values[:-1]), values[-1] > 0
 
     def _outcome(self, step: int, lr: float, loss: float, reason: Optional[str], stop: bool, s: dict) -> StepResult:
         applied = self.engine.was_step_applied()

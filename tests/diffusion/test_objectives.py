@@ -7,7 +7,7 @@ V, MASK = 50, 49
 
 
 def ref_pretrain_loss(logits, x0, masked, p_mask):
-    """LLADA_SPEC pre-training loss, written out: sum_masked CE / p, divided by b * l."""
+    """The pre-training loss of docs/llada.md, written out: sum_masked CE / p, divided by b * l."""
     b, l = x0.shape
     total = 0.0
     for i in range(b):
@@ -18,7 +18,7 @@ def ref_pretrain_loss(logits, x0, masked, p_mask):
 
 
 def ref_sft_loss(logits, x0, masked, p_mask, prompt_len):
-    """LLADA_SPEC SFT loss: per sample sum_masked CE / p / answer length, then the batch mean."""
+    """The SFT loss of docs/llada.md: per sample sum_masked CE / p / answer length, then the batch mean."""
     b, l = x0.shape
     per_sample = []
     for i in range(b):

@@ -17,7 +17,7 @@ from llada_ds.weights import RUN_STATE
 
 
 def _hand_built_llada_folder(folder: Path, tokenizer_dir) -> None:
-    """A folder in the released layout with names and config keys written from LLADA_SPEC.md."""
+    """A folder in the released layout with names and config keys written from docs/llada.md."""
     from safetensors.torch import save_file
 
     from llada_ds.data.tokenizer import transformers_tokenizer
