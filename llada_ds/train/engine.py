@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import RunConfig
 from ..data.batch import split_batch
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..model import LLaDAModel, ModelConfig
 from .optim import group_weight_decay, param_groups
 
@@ -119,10 +119,18 @@ def build_engine(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict):
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if stage == 3:
         # Parameters are partitioned as each layer is built, so an 8B model never exists whole.
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        # The dtype comes from the config (bf16.enabled, filled from train.precision), not from a
+        # dtype argument: DeepSpeed 0.19.8 ignores that argument on accelerators without fp16
+        # support (a precedence slip in Init._set_dtype), which on such CPUs built "fp32" models
+        # in bf16.
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = LLaDAModel(model_cfg)
     else:
         model = LLaDAModel(model_cfg).to(dtype)
+    wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
+    if wrong:
+        raise TrainingError(f"the model was built with {', '.join(wrong)} parameters, not {dtype} as "
+                            f"train.precision={cfg.train.precision} asks")
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
     engine, _, _, _ = deepspeed.initialize(
