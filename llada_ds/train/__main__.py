@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import load_run_config
 from ..errors import LladaError
-from .distributed import init_distributed, shutdown_distributed
+from .distributed import exit_process, init_distributed, shutdown_distributed
 from .engine import default_ds_config, load_ds_config
 from .loop import Trainer
 
@@ -62,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -75,6 +75,20 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def exit_process(code: int) -> None:
+    """End a training process after `shutdown_distributed`, skipping interpreter finalization.
+
+    Everything of the run is written and closed by then. What finalization would still do is
+    destroy Python objects that gloo's C++ worker threads (or DeepSpeed's asynchronous parameter
+    gathers) may still reference, which can abort the process with "terminate called without an
+    active exception" (SIGABRT, seen now and then on loaded machines) and turn a finished run into
+    a failed one.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few floats over all ranks (one collective), returned on the host."""
     t = torch.tensor(values, dtype=torch.float64, device=device)

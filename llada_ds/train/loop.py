@@ -183,7 +183,7 @@ class Trainer:
         if via is not None:
             repair_universal_load(self.engine, self.cfg)
         wandb_id = self.state.wandb_id
-        self.state = RunState.from_dict(saved)
+        self.state.restore(saved)
         self.state.step = self.data.batches.resume_step(DataState.from_dict(saved["data"]))
         self.state.wandb_id = self.state.wandb_id or wandb_id
         return saved, via

@@ -29,6 +29,10 @@ class RunState:
         """The run state inside a checkpoint's run_state.json (other keys are ignored)."""
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
+    def restore(self, saved: dict) -> None:
+        """Become the state saved in a checkpoint, in place (the loop holds this object)."""
+        vars(self).update(vars(RunState.from_dict(saved)))
+
 
 @dataclass
 class StepResult:

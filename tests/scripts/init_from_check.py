@@ -10,7 +10,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from llada_ds.config import load_run_config
-from llada_ds.train.distributed import init_distributed, shutdown_distributed
+from llada_ds.train.distributed import exit_process, init_distributed, shutdown_distributed
 from llada_ds.train.engine import load_ds_config
 from llada_ds.train.loop import Trainer
 from llada_ds.weights import load_hf_folder
@@ -44,3 +44,4 @@ def main():
 if __name__ == "__main__":
     main()
     shutdown_distributed()
+    exit_process(0)

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from llada_ds.config import load_run_config
-from llada_ds.train.distributed import init_distributed, shutdown_distributed
+from llada_ds.train.distributed import exit_process, init_distributed, shutdown_distributed
 from llada_ds.train.engine import load_ds_config
 from llada_ds.errors import TrainingError
 from llada_ds.train.loop import Trainer
@@ -47,3 +47,4 @@ def main():
 if __name__ == "__main__":
     main()
     shutdown_distributed()
+    exit_process(0)

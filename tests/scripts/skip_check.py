@@ -9,7 +9,7 @@ import deepspeed
 import torch
 
 from llada_ds.config import load_run_config
-from llada_ds.train.distributed import init_distributed, shutdown_distributed
+from llada_ds.train.distributed import exit_process, init_distributed, shutdown_distributed
 from llada_ds.train.engine import load_ds_config
 from llada_ds.train.loop import Trainer
 
@@ -60,3 +60,4 @@ def main():
 if __name__ == "__main__":
     main()
     shutdown_distributed()
+    exit_process(0)
