@@ -34,9 +34,13 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6"],
         "eval": ["lm-eval>=0.4.5"],
+        # Tested offline in CI with 0.31 (older releases do not import against protobuf 7 or lack
+        # what the monitor uses); newer ones are allowed once tested.
+        "wandb": ["wandb>=0.31,<0.32"],
         # The Ray job (cluster/train.py): Ray Train V2; "default" brings the job server and CLI.
         "ray": ["ray[train,default]>=2.60"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5", "ray[train,default]>=2.60"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5", "ray[train,default]>=2.60",
+                "wandb>=0.31,<0.32"],
     },
     entry_points={"console_scripts": ["llada-ds=llada_ds.cli:main"]},
 )

@@ -123,8 +123,10 @@ def read_multiple_choice(path: str) -> list[dict]:
     return records
 
 
-def multiple_choice(model, tokenizer, path: str, mc_num: int = 32, batch_size: int = 16, seed: int = 0) -> dict:
-    records = read_multiple_choice(path)
+def multiple_choice(model, tokenizer, questions: str | list[dict], mc_num: int = 32, batch_size: int = 16,
+                    seed: int = 0) -> dict:
+    """Accuracy on a jsonl file of questions (or its records, as read_multiple_choice returns them)."""
+    records = read_multiple_choice(questions) if isinstance(questions, (str, Path)) else questions
     correct = 0
     for r in records:
         context = tokenizer.encode(r["context"])
@@ -150,10 +152,12 @@ def read_instructions(path: str | Path, limit: Optional[int] = None) -> list[dic
     return records[:limit]
 
 
-def instruction_exact_match(model, tokenizer, path: str | Path, sampler_cfg: SamplerConfig,
+def instruction_exact_match(model, tokenizer, instructions: str | Path | list[dict], sampler_cfg: SamplerConfig,
                             limit: Optional[int] = None, batch: int = 16) -> dict:
-    """Share of instructions whose sampled answer equals the expected one (after stripping spaces)."""
-    records = read_instructions(path, limit)
+    """Share of instructions (a jsonl file, or its records) whose sampled answer equals the expected
+    one after stripping spaces."""
+    records = (read_instructions(instructions, limit) if isinstance(instructions, (str, Path))
+               else instructions[:limit])
     sp = tokenizer.special
     tokens = SpecialTokens.of(sp)
     correct, examples = 0, []

@@ -65,7 +65,7 @@ def load_for_inference(path: str | Path, tokenizer: Optional[str] = None, device
                               f"{model.config.vocab_size}")
         return LoadedModel(model, tok, "huggingface")
     state = source.run_state
-    tok = Tokenizer.load(tokenizer or state["config"]["data"]["tokenizer"])
+    tok = Tokenizer.load(tokenizer or source.tokenizer_path)
     if tok.fingerprint != state["tokenizer"]:
         raise CheckpointError(f"tokenizer {tok.path} ({tok.fingerprint}) is not the one the model was trained with "
                               f"({state['tokenizer']}); pass --tokenizer")

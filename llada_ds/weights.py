@@ -16,6 +16,7 @@ Training (init_from), inference, evaluation, export and import all read weights 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 RUN_STATE = "run_state.json"
 IMPORTED_WEIGHTS = "weights.safetensors"  # written by `llada-ds import`
+RUN_TOKENIZER = "tokenizer"  # the copy of the tokenizer in a run directory (and in an imported checkpoint)
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -171,8 +173,14 @@ def read_checkpoint_weights(ckpt: Path) -> dict:
         return out
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    # DeepSpeed's tool narrates every step and draws progress bars: kept quiet, shown on failure.
+    narration = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(narration), contextlib.redirect_stderr(narration):
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    except Exception:
+        sys.stderr.write(narration.getvalue())
+        raise
 
 
 def check_compatible(state: dict, model_cfg: dict, tokenizer_fingerprint: Optional[str], where: Path) -> None:
@@ -201,6 +209,20 @@ class WeightsSource:
     model_config: ModelConfig
     run_state: Optional[dict] = None  # checkpoints
     hf_config: Optional[dict] = None  # folders
+
+    @property
+    def tokenizer_path(self) -> str:
+        """Where this source's tokenizer is: a folder's own; for a checkpoint, the copy kept in its
+        run directory (or beside imported weights), else the path in the run's config."""
+        if self.kind == "huggingface":
+            return str(self.path)
+        for root in (self.path, *list(self.path.parents)[:3]):
+            if (root / RUN_TOKENIZER).is_dir() and ((root / CHECKPOINTS).is_dir() or root == self.path):
+                return str(root / RUN_TOKENIZER)
+        configured = (self.run_state or {}).get("config", {}).get("data", {}).get("tokenizer", "")
+        if not configured:
+            raise CheckpointError(f"{self.path}: the run names no tokenizer; pass one (--tokenizer)")
+        return configured
 
     @property
     def description(self) -> dict:

@@ -14,7 +14,7 @@ exact global sequence: nothing is skipped or repeated.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -96,11 +96,11 @@ class DistributedBatches:
 
     def state(self, steps_done: int) -> DataState:
         return DataState(steps_done * self.global_batch, self.dataset.seed, self.dataset.seq_len,
-                         self.dataset.shards.index.fingerprint)
+                         self.dataset.shards.index.fingerprint, self.global_batch)
 
-    def resume_step(self, state: DataState) -> int:
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
         """The step to continue from, after checking the state belongs to this data and config."""
-        return state.resume_step(self.state(0), self.global_batch)
+        return state.resume_step(self.state(0), self.global_batch, saved_step)
 
 
 def validation_micro_batches(shards: ShardSet, seq_len: int, micro_batch: int, samples: int, rank: int = 0,

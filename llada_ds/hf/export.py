@@ -56,9 +56,9 @@ tags: [llada, masked-diffusion, llada-ds]
 ---
 # LLaDA-style masked diffusion language model
 
-Trained with [llada-ds](https://pypi.org/project/llada-ds/): a bidirectional LLaMA-style mask
-predictor trained with the LLaDA objective (tokens masked at a random rate t, cross-entropy on the
-masked tokens weighted by 1/t).
+Trained with llada-ds: a bidirectional LLaMA-style mask predictor trained with the LLaDA objective
+(each sequence's tokens masked with probability p = (1 - 1e-3) t + 1e-3 for a random t, cross-entropy
+on the masked tokens weighted by 1/p).
 
 | | |
 |---|---|
@@ -71,13 +71,17 @@ masked tokens weighted by 1/t).
 
 ## Sampling
 
+With llada-ds installed from its source repository (`pip install -e .` in a clone):
+
 ```bash
-pip install llada-ds
 llada-ds generate --model THIS_FOLDER --prompt "Once upon a time" --gen-length 128 --block-length 32
 ```
 
-or with transformers (`trust_remote_code=True`): the model's forward returns `.logits` for every
-position (no shift); LLaDA's own sampler and evaluation code run on it unchanged.
+or with transformers: `AutoModelForCausalLM.from_pretrained(THIS_FOLDER, trust_remote_code=True)` and
+`AutoTokenizer.from_pretrained(THIS_FOLDER, trust_remote_code=True)` (config.json maps the LLaDA
+classes to the code shipped in this folder, as LLaDA's own checkpoints do, so transformers asks
+before running it unless told). The model's forward returns `.logits` for every position (no
+shift); LLaDA's own sampler and evaluation code run on it unchanged.
 """
 
 
@@ -96,6 +100,10 @@ def export_model(model: LLaDAModel, tokenizer: Tokenizer, out_dir: str | Path, d
     for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
         old.unlink()  # a previous export's shards must not mix with this one's
     save_torch_state_dict(state, str(out), max_shard_size=max_shard_size)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.glob("model*.safetensors*"):  # written private; every other file of the export is not
+        f.chmod(0o666 & ~umask)
     config = llada_config(model.config, sp.mask, sp.eos, sp.pad)
     config.update(auto_map=AUTO_MAP, bos_token_id=sp.bos, torch_dtype=str(DTYPES[dtype]).removeprefix("torch."))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -146,7 +154,7 @@ def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, step: Optional[int] = None, dtype: str = "bf16",
-                      max_shard_size: str = "5GB", verify: bool = True) -> Path:
+                      max_shard_size: str = "5GB", verify: bool = True, tokenizer: Optional[str] = None) -> Path:
     """Export a llada-ds checkpoint (run directory or step directory; any world size)."""
     path = Path(ckpt)
     if step is not None:
@@ -157,12 +165,15 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, step: Optional[int]
         raise ExportError(f"{path} is a Hugging Face folder already; export takes a llada-ds run or checkpoint")
     model, _ = load_model(source)
     state = source.run_state
-    tokenizer = Tokenizer.load(state["config"]["data"]["tokenizer"])
+    tok = Tokenizer.load(tokenizer or source.tokenizer_path)
+    if tok.fingerprint != state["tokenizer"]:
+        raise ExportError(f"tokenizer {tok.path} ({tok.fingerprint}) is not the one {source.path} was trained with "
+                          f"({state['tokenizer']}); pass the right one with --tokenizer")
     trained = (f"imported from {state['imported_from']}" if "imported_from" in state else
                f"{state['step']:,} steps, {state['tokens_seen']:,} tokens (data fingerprint "
                f"{state['data']['data_fingerprint']}, tokenizer {state['tokenizer']})")
     info = {"trained": trained}  # export_model adds the mask id
-    return export_model(model, tokenizer, out_dir, dtype, max_shard_size, info, verify)
+    return export_model(model, tok, out_dir, dtype, max_shard_size, info, verify)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, revision: Optional[str] = None,

@@ -8,7 +8,6 @@ taking a checkpoint accepts.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -16,7 +15,7 @@ from safetensors.torch import save_file
 from ..data.storage import LocalStorage
 from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError
-from ..weights import IMPORTED_WEIGHTS, RUN_STATE, load_hf_folder
+from ..weights import IMPORTED_WEIGHTS, RUN_STATE, RUN_TOKENIZER, load_hf_folder
 
 
 def import_llada_folder(folder: str | Path, out_dir: str | Path) -> Path:
@@ -30,11 +29,8 @@ def import_llada_folder(folder: str | Path, out_dir: str | Path) -> Path:
     folder, out = Path(folder), Path(out_dir)
     model, conf = load_hf_folder(folder, None)  # checks config, names and shapes, naming what is wrong
     cfg = model.config
-    tok_dir = out / "tokenizer"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    for f in folder.iterdir():
-        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens_map")) or f.suffix == ".model"):
-            shutil.copyfile(f, tok_dir / f.name)
+    tok_dir = out / RUN_TOKENIZER
+    Tokenizer.load(folder).copy_files(tok_dir)
     tokenizer = Tokenizer.load(tok_dir)
     if "mask_token_id" in conf and conf["mask_token_id"] != tokenizer.special.mask:
         raise ConfigError(f"{folder}: config mask_token_id {conf['mask_token_id']} but the tokenizer's "

@@ -8,6 +8,7 @@ never disagree. A JSON that sets one of those values itself is refused.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,10 @@ def build_engine(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict):
                             f"train.precision={cfg.train.precision} asks")
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if offload not in ("none", None) and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        print("llada-ds: the optimizer is offloaded to the CPU; DeepSpeed compiles its CPU Adam the first time it "
+              "is used on a machine (about a minute)", file=sys.stderr, flush=True)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_config,
     )

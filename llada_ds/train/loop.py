@@ -27,12 +27,14 @@ from ..config import RunConfig
 from ..data.batch import DataState
 from ..data.tokenizer import Tokenizer
 from ..diffusion import NoiseConfig, StepStats, make_objective
-from ..errors import ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..evaluation import Evaluator, validation_noise
 from ..model.sizing import count, train_flops_per_token
+from ..weights import RUN_TOKENIZER
 from .checkpoint import Checkpointer
+from .run_dir import copy_tokenizer, self_contained
 from .datasets import open_run_data
-from .distributed import DistInfo, all_reduce_
+from .distributed import DistInfo, all_reduce_, raise_if_any
 from .engine import build_engine, fill_ds_config, repair_universal_load, set_learning_rate
 from .faults import Faults
 from .monitor import Monitor, peak_tflops
@@ -44,8 +46,11 @@ from .state import RunState, StepResult
 
 class Trainer:
     def __init__(self, cfg: RunConfig, ds_config: dict, run_dir: Path, resume: str, dist: DistInfo,
-                 on_log: Optional[Callable[[dict], None]] = None) -> None:
-        """on_log: called on every rank at each log interval with that interval's figures."""
+                 on_log: Optional[Callable[[dict], None]] = None, stop: Optional[StopRequest] = None) -> None:
+        """on_log: called on every rank at each log interval with that interval's figures.
+        stop: the stop request whose signal handlers the entry point installed (default: installed
+        when the loop starts)."""
+        cfg = self_contained(cfg)
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.model_cfg = cfg.model.build()
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
@@ -65,11 +70,8 @@ class Trainer:
         self.state = RunState()
         self.guard = BadStepGuard(cfg.recovery)
         self.faults = Faults(cfg.faults)
-        self.stop = StopRequest()
+        self.stop = stop or StopRequest()
         note = self._start(resume)
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.monitor = self._monitor(on_log)
         self.state.wandb_id = self.monitor.wandb_id or self.state.wandb_id
         self.monitor.print(self._banner() + (f"; {note}" if note else ""))
@@ -79,7 +81,7 @@ class Trainer:
         lr = learning_rate(step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule) * self.state.lr_scale
         set_learning_rate(self.engine, lr)
         micro_batches = self.data.step(step, self.dist)
-        poison = self.faults.nonfinite(step)
+        poison = self.faults.nonfinite(step + 1)
         stats, n = StepStats.zeros(self.dist.device), len(micro_batches) * self.dist.world
         for i, mb in enumerate(micro_batches):
             loss, figures = self.objective.loss(self.engine, mb.to(self.dist.device), step)
@@ -127,14 +129,18 @@ class Trainer:
             self.monitor.print(f"nothing to do: the run already completed its {cfg.train.steps} steps")
             return 0
         self.stop.install()
-        stop_at = cfg.train.steps if stop_after is None else min(cfg.train.steps, state.step + stop_after)
+        if self.stop.requested:
+            self.monitor.print("stop requested by a signal before the first step: nothing new to save; exiting")
+            return 0
+        first = state.step
+        stop_at = cfg.train.steps if stop_after is None else min(cfg.train.steps, first + stop_after)
         if state.step == 0 and cfg.eval.every:
             self.validate()  # the starting point of the validation curve
         while state.step < stop_at:
             r = self.train_step(state.step)
             self.guard.record(r.loss, r.skipped, state)
             if r.skipped:
-                self.monitor.print(f"step {r.step}: update skipped ({r.reason}); {self.guard.bad_in_a_row} bad "
+                self.monitor.print(f"step {r.number}: update skipped ({r.reason}); {self.guard.bad_in_a_row} bad "
                                    "step(s) in a row")
             state.step, state.tokens_seen = r.step + 1, state.tokens_seen + int(r.tokens)
             self.monitor.report_step(r, state)
@@ -153,7 +159,8 @@ class Trainer:
                 self.save()
         if state.step < cfg.train.steps:
             path = self.save()
-            self.monitor.print(f"stopped after {state.step} steps as asked: saved {path.name}; resume with --resume auto")
+            self.monitor.print(f"stopped at step {state.step} after {state.step - first} step(s) in this process as "
+                               f"asked: saved {path.name}; resume with --resume auto")
             return 0
         self.validate()
         path = self.save()
@@ -164,7 +171,7 @@ class Trainer:
         loss = None if self.evaluator is None else self.evaluator(self.engine)
         if loss is not None:
             self.monitor.print(f"step {self.state.step:7d} | validation loss {loss:.4f}")
-            self.monitor.step({"step": self.state.step - 1, "val_loss": loss})
+            self.monitor.step({"step": self.state.step, "val_loss": loss})
         return loss
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -174,6 +181,18 @@ class Trainer:
                 "world_size": self.dist.world, "config": self.cfg.to_dict()}
 
     def save(self) -> Path:
+        """A checkpoint of the current step, with the run directory's config.yaml (the settings of the
+        latest checkpoint, so a failed relaunch never leaves its own there) and, once, a copy of the
+        tokenizer (so the run directory is self-contained)."""
+        error = None
+        if self.dist.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+                copy_tokenizer(self.tokenizer, self.run_dir / RUN_TOKENIZER)
+            except OSError as exc:
+                error = f"writing {self.run_dir}: {exc}"
+        raise_if_any(error, CheckpointError, self.dist.device, f"rank 0 could not write {self.run_dir} (see its log)")
         return self.checkpoints.save(self.state.step, self.run_state())
 
     def _load(self, ckpt: Path) -> tuple[dict, Optional[Path]]:
@@ -184,7 +203,7 @@ class Trainer:
             repair_universal_load(self.engine, self.cfg)
         wandb_id = self.state.wandb_id
         self.state.restore(saved)
-        self.state.step = self.data.batches.resume_step(DataState.from_dict(saved["data"]))
+        self.state.step = self.data.batches.resume_step(DataState.from_dict(saved["data"]), saved.get("step"))
         self.state.wandb_id = self.state.wandb_id or wandb_id
         return saved, via
 
@@ -220,7 +239,8 @@ class Trainer:
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         # Only rank 0 reports (on CPU the peak is measured: no need to run that on every rank).
         self.peak, self.peak_source = peak_tflops(dist.device, dtype, cfg.log.peak_tflops) if dist.is_main else (0.0, "")
-        wandb_cfg = ({"project": cfg.log.wandb_project, "id": self.state.wandb_id, "config": cfg.to_dict()}
+        wandb_cfg = ({"project": cfg.log.wandb_project, "entity": cfg.log.wandb_entity, "name": cfg.log.wandb_name,
+                      "tags": cfg.log.wandb_tags, "id": self.state.wandb_id, "config": cfg.to_dict()}
                      if cfg.log.wandb else None)
         self.flops_per_token = train_flops_per_token(self.model_cfg, cfg.data.seq_len, count(self.model_cfg))
         return Monitor(self.run_dir, dist.is_main, self.flops_per_token, self.peak, dist.world, wandb_cfg,

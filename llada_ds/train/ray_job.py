@@ -44,6 +44,7 @@ from ..weights import CHECKPOINTS, latest_checkpoint, read_run_state
 from .distributed import DistInfo, all_reduce_sum, from_main, init_distributed
 from .engine import default_ds_config, load_ds_config
 from .loop import Trainer
+from .preflight import check_run
 
 EXIT_CONFIG, EXIT_FAILED = 2, 1
 
@@ -200,11 +201,7 @@ def build_spec(args: argparse.Namespace, overrides: list[str]) -> tuple[JobSpec,
                           "(e.g. gcsfuse, mountpoint-s3) or use a shared file system path")
     storage = Path(args.storage.removeprefix("file://")).expanduser().resolve()
     cfg = load_run_config(args.recipe, overrides)
-    for key in ("train", "validation", "tokenizer"):  # found here, not after minutes of worker restarts
-        value = getattr(cfg.data, key)
-        if value and not Path(value).exists():
-            raise ConfigError(f"data.{key}={value}: no such file or directory (the job's nodes must all see it: "
-                              "a shared file system path, or relative to the submitted working dir)")
+    check_run(cfg)  # data, tokenizer, backend: found here, not after minutes of worker restarts
     if args.ds_config is not None and not Path(args.ds_config).is_file():
         raise ConfigError(f"DeepSpeed config {args.ds_config} does not exist")
     lo, hi = parse_workers(args.workers)
