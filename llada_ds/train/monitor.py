@@ -162,6 +162,8 @@ class Monitor:
         self.show_padding, self.device, self.on_log = show_padding, device, on_log
         self.metrics_path = run_dir / "metrics.jsonl"
         self.log_path = run_dir / "train.log"
+        if active:
+            run_dir.mkdir(parents=True, exist_ok=True)
         self.window = MetricsWindow()
         self.wandb = None
         self.wandb_id: Optional[str] = None
