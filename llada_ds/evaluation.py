@@ -83,7 +83,7 @@ def validation_of(loaded: LoadedModel, path: str, samples: int,
     what the run's own validation computed on the same windows."""
     run = loaded.config or {}
     kind = run.get("objective", {}).get("kind", "pretrain")
-    micro = run.get("train", {}).get("micro_batch", 8)
+    micro = max(1, min(run.get("train", {}).get("micro_batch", 8), samples))
     seq_len = seq_len or loaded.data.get("seq_len") or loaded.model.config.max_seq_len
     fingerprint = loaded.tokenizer.fingerprint
     if (Path(path) / SFT_META).is_file():

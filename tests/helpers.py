@@ -14,7 +14,9 @@ from llada_ds.model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "ds_configs" / "cpu.json"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+# Subprocesses: one thread per rank, DeepSpeed on the CPU, nothing fetched from the Hugging Face Hub.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1",
+       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 # A small model shape for adapter and export tests.
 SMALL = ModelConfig(vocab_size=4096, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_size=96,

@@ -113,9 +113,19 @@ def test_train_help_lists_every_config_key_and_config_prints_a_resolved_recipe(r
 
 @pytest.mark.timeout(300)
 def test_lm_eval_refuses_unknown_model_args_before_loading_the_model(trained, tmp_path):
+    import yaml
+
     run, _ = trained
+    questions = tmp_path / "mc.jsonl"
+    questions.write_text(json.dumps({"context": "ROMEO. ", "choices": ["O, she", "xq"], "answer": 0}) + "\n")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mc.yaml").write_text(yaml.safe_dump({
+        "task": "llada_args_mc", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(questions)}},
+        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{context}}",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc"}]}))
+    env_offline = ["--include_path", str(tmp_path / "tasks"), "--tasks", "llada_args_mc"]
     for model_args, message in ((f"model={run},mc_nmu=8", "unknown model_args mc_nmu"),
                                 (f"model={run},mc_num=8,mc_batch=3", "mc_num=8 must be a positive multiple")):
-        res = llada_ds("lm-eval", "run", "--model", "llada-ds", "--model_args", model_args, "--tasks", "x",
+        res = llada_ds("lm-eval", "run", "--model", "llada-ds", "--model_args", model_args, *env_offline,
                        "--output_path", str(tmp_path / "out"))
         assert res.returncode == 2 and message in res.stderr, res.stderr[-3000:]
