@@ -224,10 +224,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .hf.export import export_checkpoint, push_to_hub
 
-    out = export_checkpoint(args.ckpt, args.out_dir, args.step, args.dtype, args.max_shard_size, not args.no_verify)
+    if args.base is not None and not args.adapter:
+        raise ConfigError("--base is the Hugging Face base of an --adapter export; without --adapter it has no use")
+    if args.adapter:
+        from .hf.adapter import export_adapter
+
+        out = export_adapter(args.ckpt, args.out_dir, args.step, args.dtype, args.base, not args.no_verify)
+        verified = "; verified: peft loads it on the base offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
+    else:  # a LoRA run exports merged (--merge says so explicitly)
+        out = export_checkpoint(args.ckpt, args.out_dir, args.step, args.dtype, args.max_shard_size, not args.no_verify)
+        verified = "; verified: transformers loads it offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
     files = sorted(p.name for p in out.iterdir())
-    print(f"exported to {out}: {', '.join(files)}" + ("" if args.no_verify else
-          "; verified: transformers loads it offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"))
+    print(f"exported to {out}: {', '.join(files)}" + ("" if args.no_verify else verified))
     if args.push_to_hub:
         url = push_to_hub(out, args.push_to_hub, args.private, args.revision)
         print(f"pushed to {args.push_to_hub}: {url}")
@@ -341,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
     exp.add_argument("--max-shard-size", default="5GB")
     exp.add_argument("--no-verify", action="store_true", help="skip loading the export back with transformers")
+    lora_out = exp.add_mutually_exclusive_group()
+    lora_out.add_argument("--merge", action="store_true",
+                          help="a LoRA run: the adapters merged into the base weights (what an export of a LoRA run "
+                               "writes anyway)")
+    lora_out.add_argument("--adapter", action="store_true",
+                          help="a LoRA run: a PEFT adapter folder (adapter_config.json, adapter_model.safetensors) for "
+                               "the released model, loadable with peft.PeftModel.from_pretrained on the base")
+    exp.add_argument("--base", default=None, metavar="HF_DIR",
+                     help="with --adapter: the Hugging Face base folder (default: the run's base, when it is one)")
     exp.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     exp.add_argument("--private", action="store_true")
     exp.add_argument("--revision", default=None, help="branch to push to (created if missing)")

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError, ConfigError
 from .model.config import ModelConfig
-from .model.hf_layout import BLOCK_LINEARS, to_llada_module
+from .model.hf_layout import BLOCK_LINEARS, from_llada_name, to_llada_module
 
 ALL_LINEAR = "all-linear"
 TARGETS = tuple(BLOCK_LINEARS)  # released names, in block order
@@ -124,6 +124,14 @@ def to_peft_name(name: str) -> str:
     if m is None:
         raise KeyError(f"{name!r} is not a LoRA adapter parameter")
     return f"{_PEFT_PREFIX}{to_llada_module(m.group(1))}.{m.group(2)}.weight"
+
+
+def from_peft_name(name: str) -> str:
+    """The inverse of to_peft_name."""
+    m = re.fullmatch(re.escape(_PEFT_PREFIX) + r"(.+)\.(lora_[AB])\.weight", name)
+    if m is None:
+        raise KeyError(f"{name!r} is not a PEFT LoRA tensor name of a LLaDA model")
+    return f"{from_llada_name(m.group(1) + '.weight').removesuffix('.weight')}.{m.group(2)}.{ADAPTER}.weight"
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -241,6 +249,22 @@ def merge_adapters(model: nn.Module) -> nn.Module:
 def peft_state_dict(adapters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our adapter tensors -> PEFT's adapter_model.safetensors keys in the released layout."""
     return {to_peft_name(n): t for n, t in adapters.items()}
+
+
+def from_peft_state_dict(state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """PEFT's adapter tensors of a LLaDA model (released layout) -> ours."""
+    try:
+        return {from_peft_name(n): t for n, t in state.items()}
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: {exc.args[0]}") from None
+
+
+def peft_config(spec: LoraSpec, base: str = ""):
+    """peft's LoraConfig of an adapter for the released model (what adapter_config.json holds)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
+                      target_modules=released_module_pattern(spec.targets), base_model_name_or_path=base or None)
 
 
 def lora_train_flops_per_token(cfg: ModelConfig, seq_len: int, spec: LoraSpec) -> float:
