@@ -21,7 +21,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.gpus < 1 or args.gpus_per_node < 1:
         raise ConfigError(f"--gpus and --gpus-per-node must be at least 1, got {args.gpus} and {args.gpus_per_node}")
     print(describe(get_preset(args.preset), args.preset, args.gpus, args.gpus_per_node, args.seq_len))
+    if args.lora:
+        print(_lora_info(args))
     return 0
+
+
+def _lora_info(args: argparse.Namespace) -> str:
+    from .lora import lora_spec
+    from .train.lora_memory import describe_lora
+
+    spec = lora_spec(args.lora, args.lora_alpha or 2.0 * args.lora, 0.0, [args.lora_targets])
+    return describe_lora(get_preset(args.preset), spec, args.gpus, args.seq_len)
 
 
 def _cmd_overfit(args: argparse.Namespace) -> int:
@@ -273,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--gpus", type=int, default=8, help="total number of GPUs (default 8)")
     info.add_argument("--gpus-per-node", type=int, default=8)
     info.add_argument("--seq-len", type=int, default=None, help="default: the preset's max_seq_len")
+    info.add_argument("--lora", type=int, default=0, metavar="R",
+                      help="also LoRA fine-tuning of rank R: trainable parameters, memory per GPU, whether it fits one "
+                           "80 GB GPU")
+    info.add_argument("--lora-targets", default="all-linear",
+                      help="with --lora: LLaDA's names, comma-separated (q_proj,k_proj,v_proj,attn_out,ff_proj,"
+                           "up_proj,ff_out), or all-linear")
+    info.add_argument("--lora-alpha", type=float, default=None, help=argparse.SUPPRESS)
     info.set_defaults(func=_cmd_info)
 
     overfit = sub.add_parser("overfit", help="sanity check: overfit one batch of random tokens (CPU ok)")
