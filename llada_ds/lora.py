@@ -35,6 +35,7 @@ import torch.nn as nn
 from .errors import CheckpointError, ConfigError
 from .model.config import ModelConfig
 from .model.hf_layout import BLOCK_LINEARS, from_llada_name, to_llada_module
+from .model.sizing import count, train_flops_per_token
 
 ALL_LINEAR = "all-linear"
 TARGETS = tuple(BLOCK_LINEARS)  # released names, in block order
@@ -270,8 +271,6 @@ def peft_config(spec: LoraSpec, base: str = ""):
 def lora_train_flops_per_token(cfg: ModelConfig, seq_len: int, spec: LoraSpec) -> float:
     """Training FLOPs per token with frozen base matrices: the 6 N convention less the 2 N of the
     weight gradients that are never computed, plus 6 per adapter parameter (model/sizing.py)."""
-    from .model.sizing import count, train_flops_per_token
-
     params = count(cfg)
     return (train_flops_per_token(cfg, seq_len, params) - 2.0 * params.matmul
             + 6.0 * lora_parameter_count(cfg, spec.rank, spec.targets))
