@@ -112,6 +112,16 @@ def test_lora_resume_is_bitwise_and_continues_on_another_world_size(recipe, lora
     torchrun(recipe, parts, *lora["args"], "--stop-after", "4")
     assert (parts / "checkpoints" / LATEST).read_text() == "step-00000004"
     shutil.copytree(parts, tmp_path / "resized")
+    # Another base under the same path is refused: the adapters belong to the recorded one.
+    other = tmp_path / "other-base"
+    torch.manual_seed(8)
+    export_model(LLaDAModel(load_run_config(str(recipe)).model.build()), Tokenizer.load(load_run_config(
+        str(recipe)).data.tokenizer), other, dtype="fp32", verify=False)
+    cmd = [sys.executable, "-m", "llada_ds.train", "--recipe", str(recipe), "--run-dir", str(parts),
+           "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json"), *lora["args"], f"--train.init_from={other}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=200)
+    assert res.returncode != 0 and "are not the ones the checkpoint's LoRA adapters were trained on" in res.stderr, \
+        res.stderr[-2000:]
     torchrun(recipe, parts, *lora["args"])
     assert step_losses(parts) == step_losses(run)  # every step, bit for bit
 
