@@ -47,7 +47,8 @@ def _base_folder(source: WeightsSource, base: Optional[str | Path]) -> Path:
     recorded = source.lora["base"]
     if base is None:
         if recorded["kind"] != "huggingface":
-            raise ExportError(f"{source.path}: the base of this LoRA run is a llada-ds checkpoint ({recorded['path']}); "
+            raise ExportError(f"{source.path}: the base of this LoRA run is a llada-ds checkpoint "
+                              f"({recorded['path']}); "
                               "a PEFT adapter needs a Hugging Face base: export the base first (llada-ds export "
                               f"{recorded['path']} BASE_DIR) and pass --base BASE_DIR")
         return Path(recorded["path"])
@@ -81,7 +82,8 @@ Trained with [llada-ds](https://pypi.org/project/llada-ds/).
 | base | {info['base']} |
 | base of the training run | {info['trained_on']} ({info['fingerprint']}) |
 | rank / alpha / dropout | {spec.rank} / {spec.alpha:g} / {spec.dropout:g} |
-| adapted matrices (released names) | {', '.join(spec.targets)} of every block (`ff_out` here is the block's down projection, not the output head) |
+| adapted matrices (released names) | {', '.join(spec.targets)} of every block (`ff_out`: the block's down \
+projection, not the output head) |
 | training | {info['trained']} |
 | weights | {info['dtype']}, safetensors |
 
@@ -104,7 +106,8 @@ def export_adapter(ckpt: str | Path, out_dir: str | Path, step: Optional[int] = 
         raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     source = checkpoint_source(ckpt, step)
     if source.lora is None:
-        raise ExportError(f"{source.path} is not a LoRA run (lora.rank was 0): export the whole model, without --adapter")
+        raise ExportError(f"{source.path} is not a LoRA run (lora.rank was 0): export the whole model, without "
+                          "--adapter")
     spec = LoraSpec.from_dict(source.lora)
     folder = _base_folder(source, base)
     out = Path(out_dir)

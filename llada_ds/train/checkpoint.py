@@ -211,7 +211,8 @@ class Checkpointer:
         theirs = None if saved is None else {k: saved[k] for k in ("rank", "alpha", "dropout", "targets")}
         if theirs != ours:
             raise CheckpointError(f"{ckpt} was written with LoRA {theirs or 'off (full training)'}, this run has "
-                                  f"LoRA {ours or 'off (lora.rank=0)'}: use the same lora.* settings or another run dir")
+                                  f"LoRA {ours or 'off (lora.rank=0)'}: use the same lora.* settings or another "
+                                  "run dir")
 
     def load_base(self, init_from: str, ckpt: Optional[Path]) -> str:
         """LoRA runs: scatter the frozen base from train.init_from (before a checkpoint's adapters
@@ -223,7 +224,8 @@ class Checkpointer:
         expected = None if ckpt is None else read_run_state(ckpt)["lora"]["base"]["fingerprint"]
         fingerprint = scatter_weights(self.engine, source, self.dist, expect_fingerprint=expected, fingerprint=True)
         self.base = {"path": str(source.path.resolve()), "kind": source.kind, "fingerprint": fingerprint}
-        return f"LoRA rank {self.lora.rank} on {', '.join(self.lora.targets)}; frozen base {source.path} ({fingerprint})"
+        return (f"LoRA rank {self.lora.rank} on {', '.join(self.lora.targets)}; frozen base {source.path} "
+                f"({fingerprint})")
 
     def save(self, step: int, run_state: dict) -> Path:
         if self.lora is not None:

@@ -238,7 +238,8 @@ class Trainer:
         lora = cfg.lora.spec()
         trainable = "" if lora is None else \
             f" ({lora_parameter_count(self.model_cfg, lora.rank, lora.targets):,} trainable: LoRA adapters)"
-        return (f"llada-ds: {count(self.model_cfg).total:,} parameters{trainable}, {dist.world} rank(s) on {dist.device.type}, "
+        return (f"llada-ds: {count(self.model_cfg).total:,} parameters{trainable}, {dist.world} rank(s) on "
+                f"{dist.device.type}, "
                 f"global batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
                 f"(micro {cfg.train.micro_batch}, accumulation {self.data.batches.accumulation}), {cfg.train.precision}, "
                 f"peak {self.peak:.2f} TFLOP/s per device ({self.peak_source}); starting at step {self.state.step}")
