@@ -39,8 +39,11 @@ setup(
         "wandb": ["wandb>=0.31,<0.32"],
         # The Ray job (cluster/train.py): Ray Train V2; "default" brings the job server and CLI.
         "ray": ["ray[train,default]>=2.60"],
+        # LoRA fine-tuning (lora.rank > 0), LoRA runs' inference and adapter exports. 0.21 is the
+        # version checked here (inject_adapter_in_model, regex target_modules, enable_adapters).
+        "lora": ["peft>=0.21"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5", "ray[train,default]>=2.60",
-                "wandb>=0.31,<0.32"],
+                "wandb>=0.31,<0.32", "peft>=0.21"],
     },
     entry_points={"console_scripts": ["llada-ds=llada_ds.cli:main"]},
 )

@@ -27,7 +27,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.seq_len is not None and args.seq_len < 1:
         raise ConfigError(f"--seq-len must be at least 1, got {args.seq_len}")
     print(describe(get_preset(args.preset), args.preset, args.gpus, args.gpus_per_node, args.seq_len))
+    if args.lora:
+        print(_lora_info(args))
     return 0
+
+
+def _lora_info(args: argparse.Namespace) -> str:
+    from .lora import lora_spec
+    from .train.lora_memory import describe_lora
+
+    spec = lora_spec(args.lora, args.lora_alpha or 2.0 * args.lora, 0.0, [args.lora_targets])
+    return describe_lora(get_preset(args.preset), spec, args.gpus, args.seq_len)
 
 
 def _cmd_overfit(args: argparse.Namespace) -> int:
@@ -252,11 +262,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .hf.export import export_checkpoint, push_to_hub
 
-    out = export_checkpoint(args.ckpt, args.out_dir, args.step, args.dtype, args.max_shard_size, not args.no_verify,
-                            args.tokenizer)
+    if args.base is not None and not args.adapter:
+        raise ConfigError("--base is the Hugging Face base of an --adapter export; without --adapter it has no use")
+    if args.adapter:
+        from .hf.adapter import export_adapter
+
+        out = export_adapter(args.ckpt, args.out_dir, args.step, args.dtype, args.base, not args.no_verify)
+        verified = "; verified: peft loads it on the base offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
+    else:  # a LoRA run exports merged (--merge says so explicitly)
+        out = export_checkpoint(args.ckpt, args.out_dir, args.step, args.dtype, args.max_shard_size,
+                                not args.no_verify, args.tokenizer)
+        verified = "; verified: transformers loads it offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
     files = sorted(p.name for p in out.iterdir())
-    print(f"exported to {out}: {', '.join(files)}" + ("" if args.no_verify else
-          "; verified: transformers loads it offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"))
+    print(f"exported to {out}: {', '.join(files)}" + ("" if args.no_verify else verified))
     if args.push_to_hub:
         url = push_to_hub(out, args.push_to_hub, args.private, args.revision)
         print(f"pushed to {args.push_to_hub}: {url}")
@@ -319,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--gpus", type=int, default=8, help="total number of GPUs (default 8)")
     info.add_argument("--gpus-per-node", type=int, default=8)
     info.add_argument("--seq-len", type=int, default=None, help="default: the preset's max_seq_len")
+    info.add_argument("--lora", type=int, default=0, metavar="R",
+                      help="also LoRA fine-tuning of rank R: trainable parameters, memory per GPU, whether it fits one "
+                           "80 GB GPU")
+    info.add_argument("--lora-targets", default="all-linear",
+                      help="with --lora: LLaDA's names, comma-separated (q_proj,k_proj,v_proj,attn_out,ff_proj,"
+                           "up_proj,ff_out), or all-linear")
+    info.add_argument("--lora-alpha", type=float, default=None, help=argparse.SUPPRESS)
     info.set_defaults(func=_cmd_info)
 
     overfit = sub.add_parser("overfit", help="sanity check: overfit one batch of random tokens (CPU ok)")
@@ -397,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
     exp.add_argument("--max-shard-size", default="5GB")
     exp.add_argument("--no-verify", action="store_true", help="skip loading the export back with transformers")
+    lora_out = exp.add_mutually_exclusive_group()
+    lora_out.add_argument("--merge", action="store_true",
+                          help="a LoRA run: the adapters merged into the base weights (what an export of a LoRA run "
+                               "writes anyway)")
+    lora_out.add_argument("--adapter", action="store_true",
+                          help="a LoRA run: a PEFT adapter folder (adapter_config.json, adapter_model.safetensors) for "
+                               "the released model, loadable with peft.PeftModel.from_pretrained on the base")
+    exp.add_argument("--base", default=None, metavar="HF_DIR",
+                     help="with --adapter: the Hugging Face base folder (default: the run's base, when it is one)")
     exp.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     exp.add_argument("--private", action="store_true")
     exp.add_argument("--revision", default=None, help="branch to push to (created if missing)")

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from .errors import ConfigError
+from .lora import ALL_LINEAR, LoraSpec, lora_spec
 from .model.config import ModelConfig, get_preset
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -96,6 +97,26 @@ class TrainSection:
 
 
 @dataclass
+class LoraSection:
+    """LoRA adapters (llada_ds/lora.py): the base weights (train.init_from) stay frozen and only the
+    adapters train, for any objective. rank 0 is full fine-tuning."""
+
+    rank: int = setting(0, "0: full fine-tuning; r > 0: LoRA adapters of rank r (needs train.init_from, the base)")
+    alpha: float = setting(16.0, "the adapters' output is scaled by alpha / rank")
+    # Its masks come from torch's generator, not from the keyed noise: with dropout > 0 a run
+    # resumed, or on another number of ranks, no longer repeats exactly.
+    dropout: float = setting(0.0, "dropout on the adapters' input (> 0: resumes are no longer exact)")
+    targets: list = setting([ALL_LINEAR], "matrices to adapt, in LLaDA's released names (q_proj k_proj v_proj "
+                                          "attn_out ff_proj up_proj ff_out), or all-linear")
+
+    def spec(self) -> Optional[LoraSpec]:
+        """The checked settings, None when LoRA is off (errors name the lora.* key)."""
+        if self.rank == 0:
+            return None
+        return lora_spec(self.rank, self.alpha, self.dropout, self.targets)
+
+
+@dataclass
 class EvalSection:
     every: int = setting(1000, "validation every N steps (and before the first and after the last); 0 disables")
     samples: int = setting(256, "validation sequences per evaluation")
@@ -143,6 +164,7 @@ class RunConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
+    lora: LoraSection = field(default_factory=LoraSection)
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     recovery: RecoverySection = field(default_factory=RecoverySection)
@@ -185,6 +207,11 @@ class RunConfig:
         for ok, key, value, why in checks:
             if not ok:
                 raise ConfigError(f"{key}={value!r} {why}")
+        if self.lora.rank < 0:
+            raise ConfigError(f"lora.rank={self.lora.rank!r} must be >= 0 (0 turns LoRA off)")
+        if self.lora.spec() is not None and not t.init_from:
+            raise ConfigError("lora.rank > 0 trains adapters on frozen base weights: set train.init_from to the base "
+                              "(a run, a checkpoint or a Hugging Face folder in LLaDA's layout)")
         if not self.data.train:
             raise ConfigError("data.train is not set: give the shard directory (llada-ds tokenize OUT/train)")
         if not self.data.tokenizer:
@@ -247,6 +274,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return "" if value is None else str(value)
         if hint in (list, dict) or origin in (list, dict):
             parsed = yaml.safe_load(value) if isinstance(value, str) else value
+            if (hint is list or origin is list) and isinstance(parsed, str):
+                parsed = [parsed]  # --lora.targets=all-linear: one name is a list of one
             if not isinstance(parsed, list if (hint is list or origin is list) else dict):
                 raise ValueError(value)
             return parsed

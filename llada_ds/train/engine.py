@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import RunConfig
 from ..data.batch import split_batch
 from ..errors import ConfigError, TrainingError
+from ..lora import inject_lora
 from ..model import LLaDAModel, ModelConfig
 from .optim import group_weight_decay, param_groups
 
@@ -128,6 +129,11 @@ def build_engine(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict):
             model = LLaDAModel(model_cfg)
     else:
         model = LLaDAModel(model_cfg).to(dtype)
+    lora = cfg.lora.spec()
+    if lora is not None:
+        # Into the plain model (its weights already ZeRO-3 shards), before DeepSpeed wraps it; the
+        # new adapter parameters are partitioned by deepspeed.initialize, and only they train.
+        inject_lora(model, lora, cfg.train.seed)
     wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
     if wrong:
         raise TrainingError(f"the model was built with {', '.join(wrong)} parameters, not {dtype} as "

@@ -29,6 +29,7 @@ from ..data.tokenizer import Tokenizer
 from ..diffusion import NoiseConfig, StepStats, make_objective
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..evaluation import Evaluator, validation_noise
+from ..lora import lora_parameter_count, lora_train_flops_per_token
 from ..model.sizing import count, train_flops_per_token
 from ..weights import RUN_TOKENIZER
 from .checkpoint import Checkpointer
@@ -66,7 +67,7 @@ class Trainer:
         self.engine, _ = build_engine(cfg, self.model_cfg, fill_ds_config(ds_config, cfg, dist.world))
         self.checkpoints = Checkpointer(self.engine, run_dir, dist, self.model_cfg.to_dict(),
                                         self.tokenizer.fingerprint, cfg.checkpoint.keep_last,
-                                        cfg.faults.save_delay_seconds)
+                                        cfg.faults.save_delay_seconds, lora=cfg.lora.spec())
         self.state = RunState()
         self.guard = BadStepGuard(cfg.recovery)
         self.faults = Faults(cfg.faults)
@@ -210,10 +211,13 @@ class Trainer:
     def _start(self, resume: str) -> str:
         """Continue from a checkpoint, or start from init_from's weights, or from scratch; a note."""
         ckpt = self.checkpoints.pick(resume)
+        base = self.checkpoints.load_base(self.cfg.train.init_from, ckpt)  # LoRA: the frozen base first
         if ckpt is not None:
             saved, via = self._load(ckpt)
-            return "" if via is None else (f"resumed from {ckpt} (written by {saved.get('world_size')} ranks) "
-                                           f"through its universal form {via}")
+            return base if via is None else (f"resumed from {ckpt} (written by {saved.get('world_size')} ranks) "
+                                             f"through its universal form {via}" + (f"; {base}" if base else ""))
+        if base:
+            return base
         if self.cfg.train.init_from:
             return f"weights initialised from {self.checkpoints.init_weights(self.cfg.train.init_from)}"
         return ""
@@ -242,14 +246,20 @@ class Trainer:
         wandb_cfg = ({"project": cfg.log.wandb_project, "entity": cfg.log.wandb_entity, "name": cfg.log.wandb_name,
                       "tags": cfg.log.wandb_tags, "id": self.state.wandb_id, "config": cfg.to_dict()}
                      if cfg.log.wandb else None)
-        self.flops_per_token = train_flops_per_token(self.model_cfg, cfg.data.seq_len, count(self.model_cfg))
+        lora = cfg.lora.spec()
+        self.flops_per_token = (train_flops_per_token(self.model_cfg, cfg.data.seq_len, count(self.model_cfg))
+                                if lora is None else lora_train_flops_per_token(self.model_cfg, cfg.data.seq_len, lora))
         return Monitor(self.run_dir, dist.is_main, self.flops_per_token, self.peak, dist.world, wandb_cfg,
                        log_every=cfg.log.every, total_steps=cfg.train.steps, global_batch=cfg.train.global_batch,
                        show_padding=cfg.objective.kind == "sft", device=dist.device, on_log=on_log)
 
     def _banner(self) -> str:
         cfg, dist = self.cfg, self.dist
-        return (f"llada-ds: {count(self.model_cfg).total:,} parameters, {dist.world} rank(s) on {dist.device.type}, "
+        lora = cfg.lora.spec()
+        trainable = "" if lora is None else \
+            f" ({lora_parameter_count(self.model_cfg, lora.rank, lora.targets):,} trainable: LoRA adapters)"
+        return (f"llada-ds: {count(self.model_cfg).total:,} parameters{trainable}, {dist.world} rank(s) on "
+                f"{dist.device.type}, "
                 f"global batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
                 f"(micro {cfg.train.micro_batch}, accumulation {self.data.batches.accumulation}), {cfg.train.precision}, "
                 f"peak {self.peak:.2f} TFLOP/s per device ({self.peak_source}); starting at step {self.state.step}")
