@@ -38,13 +38,17 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    train: str = ""  # shard set directory (llada-ds tokenize OUT/train)
+    train: str = ""  # shard set directory or object-store URI (llada-ds tokenize OUT/train)
     validation: str = ""  # optional
-    tokenizer: str = ""  # tokenizer folder; its fingerprint must match the shards'
+    tokenizer: str = ""  # tokenizer folder (or URI); its fingerprint must match the shards'
     seq_len: int = 4096
     seed: int = 0  # data order
     document_masking: bool = False
-    verify: str = "full"  # full: sha256 of every shard once per job (split across ranks); header
+    # full: sha256 of every shard once per job (split across ranks); header: sizes and headers;
+    # auto: full on a file system, header in object storage (hashing there downloads everything)
+    verify: str = "auto"
+    prefetch_steps: int = 4  # shards in object storage: steps read ahead in the background
+    cache_mb: int = 256  # shards in object storage: in-memory cache of small ranges (validation windows)
 
 
 @dataclass
@@ -96,6 +100,9 @@ class EvalSection:
 class CheckpointSection:
     every: int = 1000  # 0: only on exit and on SIGTERM / SIGINT
     keep_last: int = 3
+    # Run directories in object storage: fast local disk where each rank writes its files before
+    # uploading them in the background (default: a folder in the system's temp dir)
+    local_dir: str = ""
 
 
 @dataclass
@@ -113,6 +120,7 @@ class FaultsSection:
 
     nonfinite_steps: list = field(default_factory=list)  # these steps get a non-finite loss (once per process)
     save_delay_seconds: float = 0.0  # sleep inside every checkpoint save (a window to kill the job in)
+    upload_delay_seconds: float = 0.0  # object storage: sleep before each uploaded checkpoint file
 
 
 @dataclass
@@ -149,7 +157,10 @@ class RunConfig:
             (t.micro_batch > 0, "train.micro_batch", t.micro_batch, "must be positive"),
             (t.precision in ("bf16", "fp32"), "train.precision", t.precision, "must be bf16 or fp32"),
             (self.data.seq_len > 0, "data.seq_len", self.data.seq_len, "must be positive"),
-            (self.data.verify in ("full", "header"), "data.verify", self.data.verify, "must be full or header"),
+            (self.data.verify in ("full", "header", "auto"), "data.verify", self.data.verify,
+             "must be full, header or auto"),
+            (self.data.prefetch_steps >= 0, "data.prefetch_steps", self.data.prefetch_steps, "must be >= 0"),
+            (self.data.cache_mb >= 0, "data.cache_mb", self.data.cache_mb, "must be >= 0"),
             (self.objective.kind in ("pretrain", "sft", "ar"), "objective.kind", self.objective.kind,
              "must be pretrain, sft or ar"),
             (0 < self.objective.eps < 1, "objective.eps", self.objective.eps, "must be in (0, 1)"),
@@ -169,6 +180,8 @@ class RunConfig:
              "faults.nonfinite_steps", self.faults.nonfinite_steps, "must be step numbers"),
             (self.faults.save_delay_seconds >= 0, "faults.save_delay_seconds", self.faults.save_delay_seconds,
              "must be >= 0"),
+            (self.faults.upload_delay_seconds >= 0, "faults.upload_delay_seconds",
+             self.faults.upload_delay_seconds, "must be >= 0"),
         ]
         for ok, key, value, why in checks:
             if not ok:
