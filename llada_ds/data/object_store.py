@@ -226,6 +226,19 @@ class ObjectStorage:
             self.check_bucket()
             self._call(files[0][1], self.fs.put, [str(f) for f, _ in files], [self.path(n) for _, n in files])
 
+    def upload_tree(self, local: Path, prefix: str, last: tuple[str, ...] = ()) -> list[str]:
+        """Every file below the folder `local` to `prefix`, keeping the layout; the files named in
+        `last` (relative names) only after all others are stored, so that they can mark the
+        folder complete. Returns the object names."""
+        files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+        rel = {f: f.relative_to(local).as_posix() for f in files}
+        first = [(f, f"{prefix}/{rel[f]}".strip("/")) for f in files if rel[f] not in last]
+        self.upload_many(first)
+        for name in last:
+            if (Path(local) / name).is_file():
+                self.upload(Path(local) / name, f"{prefix}/{name}".strip("/"))
+        return [n for _, n in first] + [f"{prefix}/{n}".strip("/") for n in last if (Path(local) / n).is_file()]
+
     def download_many(self, files: list[tuple[str, Path]]) -> None:
         """Objects -> local files, concurrently; each written under a temporary name, then renamed."""
         if not files:

@@ -7,8 +7,11 @@ where `pathlib.Path` would fold their `//`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -89,6 +92,22 @@ def local_copy(location: str | os.PathLike, refresh: bool = True) -> Path:
     if not names:
         raise FileNotFoundError(f"{uri}: no objects there")
     return dest
+
+
+@contextlib.contextmanager
+def staged_output(location: str | os.PathLike, last: tuple[str, ...] = ()):
+    """A local folder to write an output into: the folder itself, or for a URI a temporary one
+    whose files are uploaded there when the block ends without an error (nothing otherwise),
+    the files named in `last` after all others."""
+    if not is_uri(location):
+        yield local_path(location)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="llada-ds-out-"))
+    try:
+        yield tmp
+        ObjectStorage(str(location)).upload_tree(tmp, "", last=last)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class LocalStorage:

@@ -22,7 +22,9 @@ from ..data.tokenizer import Tokenizer
 from ..errors import ExportError
 from ..model import LLaDAModel
 from ..model.hf_layout import llada_config, to_llada_state_dict
-from ..weights import DTYPES, find_weights, load_hf_folder, load_model, tag_for
+from ..data.object_store import ObjectStorage
+from ..data.storage import is_uri, join
+from ..weights import CHECKPOINTS, DTYPES, LATEST, find_weights, load_hf_folder, load_model, tag_for
 REMOTE_DIR = Path(__file__).parent / "remote"
 AUTO_MAP = {
     "AutoConfig": "configuration_llada.LLaDAConfig",
@@ -148,8 +150,11 @@ def verify_export(folder: Path, tokenizer: Tokenizer, tolerance: float = 1e-5) -
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, step: Optional[int] = None, dtype: str = "bf16",
                       max_shard_size: str = "5GB", verify: bool = True) -> Path:
     """Export a llada-ds checkpoint (run directory or step directory; any world size)."""
-    path = Path(ckpt)
-    if step is not None:
+    path = ckpt if is_uri(ckpt) else Path(ckpt)
+    if step is not None and is_uri(ckpt):  # a run directory or its checkpoints/ folder in object storage
+        run = ObjectStorage(str(ckpt))
+        path = join(ckpt, CHECKPOINTS, tag_for(step)) if run.exists(f"{CHECKPOINTS}/{LATEST}") else join(ckpt, tag_for(step))
+    elif step is not None:
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         path = root / tag_for(step)
     source = find_weights(path)  # resolves a run directory to its latest checkpoint

@@ -26,7 +26,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--deepspeed_config", "--deepspeed-config", dest="ds_config", default=None,
                         help="DeepSpeed JSON (default: the packaged zero3.json on GPU, cpu.json on CPU)")
     parser.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None,
-                        help="checkpoints, logs and metrics (default runs/RECIPE)")
+                        help="checkpoints, logs and metrics: a directory or an object-store URI such as "
+                             "s3://bucket/runs/NAME (default runs/RECIPE)")
     parser.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint dir")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="save and exit after this many steps in this process (e.g. a job time limit); "
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except LladaError as exc:
         print(f"llada-ds train: error: {exc}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or f"runs/{Path(args.recipe).stem}")
+    run_dir = args.run_dir or f"runs/{Path(args.recipe).stem}"  # a directory or an object-store URI
     dist = init_distributed()
     try:
         trainer = Trainer(cfg, ds_config, run_dir, args.resume, dist)
