@@ -48,6 +48,14 @@ LOGS = ("config.yaml", "train.log", "metrics.jsonl")
 _RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
 
 
+class CheckpointURI(str):
+    """Where a checkpoint was saved in object storage, as the loop reports it (it reads `.name`)."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+
 def open_run_dir(run_dir: str | Path, local_dir: str, dist: DistInfo,
                  upload_delay_seconds: float = 0.0) -> tuple[Path, Optional["RemoteRun"]]:
     """(where this process writes the run's logs, the object-storage side or None): a local run
@@ -168,7 +176,8 @@ class RemoteRun:
         return dest
 
     # -- saving -------------------------------------------------------------------------------------
-    def save(self, engine, step: int, run_state: dict, keep_last: int, save_delay_seconds: float = 0.0) -> Path:
+    def save(self, engine, step: int, run_state: dict, keep_last: int,
+             save_delay_seconds: float = 0.0) -> CheckpointURI:
         """Write this rank's files locally and start uploading them (rank 0 then publishes)."""
         self.flush()
         tag = tag_for(step)
@@ -180,7 +189,7 @@ class RemoteRun:
                 if latest is None or latest < tag:
                     self.store.write_atomic(LATEST, tag.encode())
             barrier()
-            return self.stage / tag
+            return CheckpointURI(self.describe(tag))
         if self.dist.is_main:
             self.store.delete(self.store.list(tag))  # a partial upload of this step from a crashed save
         save = from_main(uuid.uuid4().hex[:12])
@@ -200,7 +209,7 @@ class RemoteRun:
             self._publisher = threading.Thread(target=self._publish, args=(tag, save, state, keep_last),
                                                daemon=True, name="llada-checkpoint-publish")
             self._publisher.start()
-        return self.stage / tag
+        return CheckpointURI(self.describe(tag))
 
     def _upload(self, tag: str, save: str) -> None:
         marker = f"{tag}/{UPLOADS}/{save}/rank-{self.dist.rank}"
