@@ -19,11 +19,11 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-
 
 
 class LoopbackS3:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.server.start()
         host, port = self.server._server.server_address
         self.endpoint = f"http://{host}:{port}"
@@ -70,3 +70,13 @@ class LoopbackS3:
 
     def close(self) -> None:
         self.server.stop()
+
+
+if __name__ == "__main__":  # `python tests/s3_server.py PORT`: a server in its own process (e.g. in a netns)
+    import sys
+    import time
+
+    LoopbackS3(int(sys.argv[1]))
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
