@@ -36,7 +36,14 @@ setup(
         "eval": ["lm-eval>=0.4.5"],
         # The Ray job (cluster/train.py): Ray Train V2; "default" brings the job server and CLI.
         "ray": ["ray[train,default]>=2.60"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5", "ray[train,default]>=2.60"],
+        # Object storage (s3://, S3-compatible stores, gs://) for shards and run directories, through
+        # fsspec. s3fs pins fsspec to its own release and aiobotocore pins a narrow botocore range:
+        # requirements/cpu.txt holds a set verified together (with datasets' fsspec bound).
+        "s3": ["s3fs>=2024.12"],
+        "gcs": ["gcsfs>=2024.12"],
+        # moto's standalone server is the real S3 endpoint the tests talk to (on loopback).
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5", "ray[train,default]>=2.60", "s3fs>=2024.12",
+                "moto[server]>=5.1"],
     },
     entry_points={"console_scripts": ["llada-ds=llada_ds.cli:main"]},
 )
