@@ -60,69 +60,6 @@ def local_whole(recipe, tmp_path_factory):
     return run
 
 
-@pytest.mark.timeout(600)
-def test_training_from_a_bucket_gives_the_local_losses_bitwise_on_1_and_2_ranks(recipe, bucket_data, local_whole,
-                                                                                s3, tmp_path):
-    bucket, overrides = bucket_data
-    run = f"s3://{bucket}/runs/two"
-    res = torchrun(recipe, run, *overrides, env=s3.env)
-    assert losses_in_bucket(run) == step_losses(local_whole)  # every step, bit for bit
-    assert sorted(losses_in_bucket(run)) == list(range(STEPS))
-    assert f"final checkpoint {run}/checkpoints/step-{STEPS:08d}" in res.stdout
-    fs = s3fs_client()
-    assert fs.cat_file(f"{bucket}/runs/two/checkpoints/latest").decode() == f"step-{STEPS:08d}"
-    # keep_last=2 of the recipe: both checkpoints stay; each is complete
-    for step in (4, 8):
-        names = {p.rsplit("/", 1)[1] for p in fs.find(f"{bucket}/runs/two/checkpoints/step-{step:08d}")}
-        assert {"run_state.json", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
-    # generate/eval/export read weights from the URI: the same tensors as the local run's
-    remote_model, _ = load_model(run)
-    local_model, _ = load_model(local_whole)
-    a, b = remote_model.state_dict(), local_model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # one rank, shards in the bucket, logs and checkpoint on local disk, against all local
-    short = ["--train.steps=3", "--eval.every=0", "--checkpoint.every=0"]
-    torchrun(recipe, tmp_path / "one-remote", *overrides, *short, nproc=1, env=s3.env)
-    torchrun(recipe, tmp_path / "one-local", *short, nproc=1)
-    assert step_losses(tmp_path / "one-remote") == step_losses(tmp_path / "one-local")
-    assert len(step_losses(tmp_path / "one-local")) == 3
-
-
-@pytest.mark.timeout(600)
-def test_kill_9_of_a_rank_during_an_upload_resumes_from_the_previous_latest_bitwise(recipe, bucket_data,
-                                                                                   local_whole, s3):
-    bucket, overrides = bucket_data
-    run = f"s3://{bucket}/runs/killed"
-    fs = s3fs_client()
-    ckpts = f"{bucket}/runs/killed/checkpoints"
-    proc = torchrun(recipe, run, *overrides, "--faults.upload_delay_seconds=2", "--eval.every=0", wait=False,
-                    env=s3.env)
-    try:
-        deadline, seen = time.monotonic() + 300, False
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            names = fs.find(f"{ckpts}/step-{STEPS:08d}") if fs.exists(ckpts) else []
-            if any(n.endswith(".pt") for n in names) and not any(n.endswith("run_state.json") for n in names):
-                seen = True
-                break
-            time.sleep(0.1)
-        assert seen, "never saw the final checkpoint's upload under way"
-        assert fs.cat_file(f"{ckpts}/latest").decode() == "step-00000004"
-        os.kill(rank_pid_of(proc.pid, 1), signal.SIGKILL)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0
-    assert fs.cat_file(f"{ckpts}/latest").decode() == "step-00000004"  # the previous one stays in force
-    assert not fs.exists(f"{ckpts}/step-{STEPS:08d}/run_state.json")
-    res = torchrun(recipe, run, *overrides, "--eval.every=0", env=s3.env)
-    assert "starting at step 4" in res.stdout
-    assert losses_in_bucket(run) == step_losses(local_whole)
-    assert fs.cat_file(f"{ckpts}/latest").decode() == f"step-{STEPS:08d}"
-
-
 def rank_pid_of(launcher_pid: int, rank: int) -> int:
     """The training process with RANK=rank among the launcher's descendants."""
     children: dict[int, list[int]] = {}
@@ -145,17 +82,86 @@ def rank_pid_of(launcher_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} process below {launcher_pid}")
 
 
-@pytest.mark.timeout(600)
-def test_a_run_stopped_on_2_ranks_resumes_on_1_from_the_bucket(recipe, bucket_data, local_whole, s3):
+@pytest.fixture(scope="module")
+def killed_run(recipe, bucket_data, s3_server):
+    """A 2-rank run from the bucket, into the bucket, whose rank 1 is SIGKILLed while it uploads
+    the final checkpoint (step 8; step 4 is published). Returns the run's URI and a copy of what it
+    left in the bucket at that moment (for the resume on another number of ranks)."""
     bucket, overrides = bucket_data
-    run = f"s3://{bucket}/runs/resized"
-    torchrun(recipe, run, *overrides, "--stop-after", "4", env=s3.env)
-    res = torchrun(recipe, run, *overrides, nproc=1, env=s3.env)
+    run = f"s3://{bucket}/runs/killed"
+    ckpts = f"{bucket}/runs/killed/checkpoints"
+    with s3_server.environment():
+        fs = s3fs_client()
+        proc = torchrun(recipe, run, *overrides, "--faults.upload_delay_seconds=1", "--eval.every=0", wait=False,
+                        env=s3_server.env)
+        try:
+            deadline, seen = time.monotonic() + 300, False
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stdout.read()[-3000:]
+                names = fs.find(f"{ckpts}/step-{STEPS:08d}") if fs.exists(ckpts) else []
+                if any(n.endswith(".pt") for n in names) and not any(n.endswith("run_state.json") for n in names):
+                    seen = True
+                    break
+                time.sleep(0.1)
+            assert seen, "never saw the final checkpoint's upload under way"
+            assert fs.cat_file(f"{ckpts}/latest").decode() == "step-00000004"
+            os.kill(rank_pid_of(proc.pid, 1), signal.SIGKILL)
+            proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode != 0
+        fs.copy(f"{bucket}/runs/killed", f"{bucket}/runs/killed-copy", recursive=True)
+    return run, f"s3://{bucket}/runs/killed-copy"
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_of_a_rank_during_an_upload_resumes_from_the_previous_latest_bitwise(recipe, bucket_data, killed_run,
+                                                                                   local_whole, s3):
+    """Also: training from shards in a bucket gives the local losses bit for bit (2 ranks)."""
+    bucket, overrides = bucket_data
+    run, _ = killed_run
+    fs = s3fs_client()
+    ckpts = f"{bucket}/runs/killed/checkpoints"
+    assert fs.cat_file(f"{ckpts}/latest").decode() == "step-00000004"  # the previous one stays in force
+    assert not fs.exists(f"{ckpts}/step-{STEPS:08d}/run_state.json")
+    res = torchrun(recipe, run, *overrides, "--eval.every=0", env=s3.env)
+    assert "starting at step 4" in res.stdout
+    assert f"final checkpoint {run}/checkpoints/step-{STEPS:08d}" in res.stdout
+    assert losses_in_bucket(run) == step_losses(local_whole)  # every step, bit for bit
+    assert sorted(losses_in_bucket(run)) == list(range(STEPS))
+    assert fs.cat_file(f"{ckpts}/latest").decode() == f"step-{STEPS:08d}"
+    for step in (4, 8):  # keep_last=2: both stay, each complete; the partial upload was replaced
+        names = {p.rsplit("/", 1)[1] for p in fs.find(f"{ckpts}/step-{step:08d}")}
+        assert {"run_state.json", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
+    # generate/eval/export read weights from the URI: the same tensors as the local run's
+    remote_model, _ = load_model(run)
+    local_model, _ = load_model(local_whole)
+    a, b = remote_model.state_dict(), local_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.timeout(600)
+def test_training_from_a_bucket_gives_the_local_losses_bitwise_on_1_rank(recipe, bucket_data, s3, tmp_path):
+    _, overrides = bucket_data
+    short = ["--train.steps=3", "--eval.every=0", "--checkpoint.every=0"]
+    torchrun(recipe, tmp_path / "one-remote", *overrides, *short, nproc=1, env=s3.env)
+    torchrun(recipe, tmp_path / "one-local", *short, nproc=1)
+    assert step_losses(tmp_path / "one-remote") == step_losses(tmp_path / "one-local")
+    assert len(step_losses(tmp_path / "one-local")) == 3
+
+
+@pytest.mark.timeout(600)
+def test_a_run_stopped_on_2_ranks_resumes_on_1_from_the_bucket(recipe, bucket_data, killed_run, local_whole, s3):
+    """The killed run's bucket as it was (step 4 by 2 ranks, a partial step 8), resumed on 1 rank."""
+    bucket, overrides = bucket_data
+    _, run = killed_run
+    res = torchrun(recipe, run, *overrides, "--eval.every=0", nproc=1, env=s3.env)
     assert "(written by 2 ranks) through its universal form" in res.stdout
     got, whole = losses_in_bucket(run), step_losses(local_whole)
     assert sorted(got) == list(range(STEPS))
     for step in range(STEPS):
         assert got[step] == pytest.approx(whole[step], abs=1e-5), (step, got[step], whole[step])
     # the universal copy is in the bucket (its source, step 4, is one of the keep_last=2 kept)
-    fs = s3fs_client()
-    assert fs.exists(f"{bucket}/runs/resized/checkpoints/universal/step-00000004/universal.json")
+    assert s3fs_client().exists(f"{bucket}/runs/killed-copy/checkpoints/universal/step-00000004/universal.json")
