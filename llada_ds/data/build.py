@@ -11,6 +11,9 @@ Resuming: after each shard, `build_progress.json` records the shard and the last
 it holds. A rerun skips (without tokenizing) every document already in a written shard and
 continues, so an interrupted build finishes with byte-identical output to an uninterrupted one.
 The index of each split is written last; a finished build is not redone.
+
+The output may be an object-store URI (s3://bucket/corpus): each shard is uploaded as one complete
+object, the progress file after it and the index last, so the same rules hold there.
 """
 
 from __future__ import annotations

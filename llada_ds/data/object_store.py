@@ -104,11 +104,23 @@ class ObjectStorage:
             return
         bucket = self.root.split("/", 1)[0]
         try:  # info, not exists: exists() answers False to every error, credentials included
-            self._call("", self.fs.info, bucket)
+            self.fs.info(bucket)
         except FileNotFoundError:
             raise StorageError(f"{self.protocol}://{bucket}: no such bucket (it must exist before llada-ds "
                                f"reads or writes {self.uri})") from None
+        except PermissionError:
+            pass  # credentials scoped to a prefix may not see the bucket itself; object requests say more
+        except Exception as exc:
+            self._call("", _reraise, exc)
         self._bucket_checked = True
+
+    def _write(self, name: str, fn: Callable, *args) -> None:
+        """A write; a missing bucket is named as such."""
+        try:
+            self._call(name, fn, *args)
+        except FileNotFoundError:
+            self.check_bucket()
+            raise StorageError(f"{self.describe(name)}: the store refused the write (not found)") from None
 
     # -- Storage -----------------------------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -194,8 +206,7 @@ class ObjectStorage:
 
     def write_atomic(self, name: str, chunks: list[bytes] | bytes) -> None:
         data = chunks if isinstance(chunks, bytes) else b"".join(chunks)
-        self.check_bucket()
-        self._call(name, self.fs.pipe_file, self.path(name), data)
+        self._write(name, self.fs.pipe_file, self.path(name), data)
         self._cache_drop(name)
 
     # -- run directories ---------------------------------------------------------------------------
@@ -217,14 +228,12 @@ class ObjectStorage:
 
     def upload(self, local: str | os.PathLike, name: str) -> None:
         """One local file -> one object (it appears complete, or not at all)."""
-        self.check_bucket()
-        self._call(name, self.fs.put_file, str(local), self.path(name))
+        self._write(name, self.fs.put_file, str(local), self.path(name))
 
     def upload_many(self, files: list[tuple[Path, str]]) -> None:
         """Local files -> objects, concurrently (the order they become visible is not defined)."""
         if files:
-            self.check_bucket()
-            self._call(files[0][1], self.fs.put, [str(f) for f, _ in files], [self.path(n) for _, n in files])
+            self._write(files[0][1], self.fs.put, [str(f) for f, _ in files], [self.path(n) for _, n in files])
 
     def upload_tree(self, local: Path, prefix: str, last: tuple[str, ...] = ()) -> list[str]:
         """Every file below the folder `local` to `prefix`, keeping the layout; the files named in

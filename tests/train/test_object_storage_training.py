@@ -18,6 +18,7 @@ import torch
 
 from helpers import step_losses, torchrun
 
+from llada_ds.cli import main as cli_main
 from llada_ds.weights import load_model
 
 STEPS = 8  # checkpoints at 4 and 8
@@ -140,6 +141,12 @@ def test_kill_9_of_a_rank_during_an_upload_resumes_from_the_previous_latest_bitw
     local_model, _ = load_model(local_whole)
     a, b = remote_model.state_dict(), local_model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # export and import, each from a URI to a URI: the weights come back unchanged
+    assert cli_main(["export", run, f"s3://{bucket}/exported", "--dtype", "fp32", "--no-verify"]) == 0
+    assert fs.exists(f"{bucket}/exported/config.json") and fs.exists(f"{bucket}/exported/tokenizer.json")
+    assert cli_main(["import", f"s3://{bucket}/exported", f"s3://{bucket}/imported"]) == 0
+    c = load_model(f"s3://{bucket}/imported")[0].state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 @pytest.mark.timeout(600)
