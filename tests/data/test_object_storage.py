@@ -54,9 +54,13 @@ def test_uris_keep_their_double_slash():
     assert join("/x/y", "train") == "/x/y/train"
 
 
-def test_a_build_into_a_bucket_writes_the_same_bytes_as_a_local_build(built, s3):
+def test_a_build_into_a_bucket_writes_the_same_bytes_as_a_local_build(built, s3, capsys):
+    from llada_ds.cli import main
+
     local, remote, bucket, _ = built
     assert is_built(remote)
+    assert main(["shards", join(remote, "train")]) == 0  # checksums verified through range reads
+    assert f"{remote}/train: " in capsys.readouterr().out
     fs = s3fs_client()
     for split in ("train", "validation"):
         files = sorted(p.name for p in (local / split).iterdir())
