@@ -80,9 +80,6 @@ class ObjectStorage:
     def describe(self, name: str) -> str:
         return f"{self.protocol}://{self.path(name)}"
 
-    def child(self, name: str) -> "ObjectStorage":
-        return ObjectStorage(self.describe(name), self.cache_bytes)
-
     # -- errors ------------------------------------------------------------------------------------
     def _call(self, name: str, fn: Callable, *args, **kwargs):
         """Run one client call; FileNotFoundError passes, everything else names the URI."""
@@ -93,10 +90,10 @@ class ObjectStorage:
         except StorageError:
             raise
         except PermissionError as exc:
-            raise StorageError(f"{self.describe(name)}: access denied ({exc}); check the credentials the "
+            raise StorageError(f"{self.describe(name)}: access denied ({_scrub(exc)}); check the credentials the "
                                f"{self.protocol} client finds (environment, config files, instance role)") from None
         except Exception as exc:  # the client's own types (botocore, aiohttp, google-auth) vary
-            raise StorageError(f"{self.describe(name)}: {type(exc).__name__}: {exc}") from None
+            raise StorageError(f"{self.describe(name)}: {type(exc).__name__}: {_scrub(exc)}") from None
 
     def check_bucket(self) -> None:
         """Refuse a bucket that does not exist (an empty answer would otherwise read as 'no file')."""
@@ -319,3 +316,16 @@ class ObjectStorage:
 
 def _reraise(exc: BaseException):
     raise exc
+
+
+# Environment variables whose values must never appear in a message, even if a server echoes them.
+_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN")
+
+
+def _scrub(exc: BaseException) -> str:
+    text = str(exc)
+    for key in _SECRETS:
+        value = os.environ.get(key)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
