@@ -24,6 +24,8 @@ setup(
         "tqdm",
         "sentencepiece>=0.2",
         "datasets>=2.19",
+        # The storage layer (object stores through it; s3fs / gcsfs come with the s3 / gcs extras).
+        "fsspec",
         # Hugging Face tokenizer folders (released LLaDA tokenizers) and exports.
         "transformers>=4.44",
         "protobuf",
