@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import urllib.request
 import uuid
 
@@ -27,7 +29,9 @@ class LoopbackS3:
         self.server.start()
         host, port = self.server._server.server_address
         self.endpoint = f"http://{host}:{port}"
-        self.env = {**S3_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+        # Copies of remote checkpoints and tokenizers go to a folder of this server's, not ~/.cache.
+        self.cache = tempfile.mkdtemp(prefix="llada-s3-cache-")
+        self.env = {**S3_ENV, "AWS_ENDPOINT_URL": self.endpoint, "LLADA_DS_CACHE": self.cache}
 
     def bucket(self, prefix: str = "bkt") -> str:
         """A new, empty bucket; returns its name."""
@@ -70,6 +74,7 @@ class LoopbackS3:
 
     def close(self) -> None:
         self.server.stop()
+        shutil.rmtree(self.cache, ignore_errors=True)
 
 
 if __name__ == "__main__":  # `python tests/s3_server.py PORT`: a server in its own process (e.g. in a netns)

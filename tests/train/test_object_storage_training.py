@@ -38,7 +38,7 @@ def losses_in_bucket(uri: str) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def bucket_data(recipe, s3_server):
+def bucket_data(recipe, s3_server, tmp_path_factory):
     """The recipe's shards and tokenizer copied into a bucket; the overrides that point a run there."""
     import yaml
 
@@ -50,7 +50,8 @@ def bucket_data(recipe, s3_server):
             for f in Path(cfg[key]).iterdir():
                 fs.put_file(str(f), f"{bucket}/{key}/{f.name}")
     overrides = [f"--data.{k}=s3://{bucket}/{k}" for k in ("train", "validation", "tokenizer")]
-    return bucket, overrides + [f"--train.steps={STEPS}"]
+    staging = tmp_path_factory.mktemp("staging")  # each rank's local copy of its checkpoint files
+    return bucket, overrides + [f"--train.steps={STEPS}", f"--checkpoint.local_dir={staging}"]
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,7 @@ def in_namespace(cluster: LoopbackRayCluster, code: str, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def bucket_in_cluster(cluster, recipe):
+def bucket_in_cluster(cluster, recipe, tmp_path_factory):
     """A real S3 server (moto's) inside the namespace, a bucket with the recipe's shards and tokenizer;
     the overrides that point a job there. The cluster's teardown ends the server with the namespace."""
     import yaml
@@ -197,7 +197,9 @@ def bucket_in_cluster(cluster, recipe):
             "    fs.put(path + '/', 'raybucket/' + key + '/', recursive=True)\n"
             "print(len(fs.find('raybucket')))")
     assert int(in_namespace(cluster, code, data["train"], data["validation"], data["tokenizer"]))
-    return "raybucket", [f"--data.{k}=s3://raybucket/{k}" for k in ("train", "validation", "tokenizer")]
+    staging = tmp_path_factory.mktemp("ray_staging")  # the workers' local disk for checkpoint files
+    return "raybucket", [f"--data.{k}=s3://raybucket/{k}" for k in ("train", "validation", "tokenizer")] + \
+        [f"--checkpoint.local_dir={staging}"]
 
 
 WAIT_FOR_CHECKPOINT = (
