@@ -94,9 +94,9 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
 
 def _cmd_shards(args: argparse.Namespace) -> int:
     from .data.shards import ShardSet
-    from .data.storage import LocalStorage
+    from .data.storage import open_storage
 
-    shards = ShardSet(LocalStorage(args.dir), verify="header" if args.quick else "full")
+    shards = ShardSet(open_storage(args.dir), verify="header" if args.quick else "full")
     idx = shards.index
     print(f"{args.dir}: {len(idx.shards)} shards, {idx.total_tokens:,} tokens, {idx.total_documents:,} documents, "
           f"tokenizer {idx.tokenizer.fingerprint} (vocab {idx.tokenizer.vocab_size}, EOS {idx.tokenizer.eos_id}), "
@@ -262,21 +262,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .hf.export import export_checkpoint, push_to_hub
 
+    from .data.storage import staged_output
+
     if args.base is not None and not args.adapter:
         raise ConfigError("--base is the Hugging Face base of an --adapter export; without --adapter it has no use")
-    if args.adapter:
-        from .hf.adapter import export_adapter
+    with staged_output(args.out_dir) as local:  # a URI: written locally, uploaded when complete
+        if args.adapter:
+            from .hf.adapter import export_adapter
 
-        out = export_adapter(args.ckpt, args.out_dir, args.step, args.dtype, args.base, not args.no_verify)
-        verified = "; verified: peft loads it on the base offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
-    else:  # a LoRA run exports merged (--merge says so explicitly)
-        out = export_checkpoint(args.ckpt, args.out_dir, args.step, args.dtype, args.max_shard_size,
-                                not args.no_verify, args.tokenizer)
-        verified = "; verified: transformers loads it offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
-    files = sorted(p.name for p in out.iterdir())
-    print(f"exported to {out}: {', '.join(files)}" + ("" if args.no_verify else verified))
+            out = export_adapter(args.ckpt, local, args.step, args.dtype, args.base, not args.no_verify)
+            verified = "; verified: peft loads it on the base offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
+        else:  # a LoRA run exports merged (--merge says so explicitly)
+            out = export_checkpoint(args.ckpt, local, args.step, args.dtype, args.max_shard_size, not args.no_verify,
+                                    args.tokenizer)
+            verified = "; verified: transformers loads it offline with logits equal to llada-ds' (fp32, rel err < 1e-5)"
+        files = sorted(p.name for p in out.iterdir())
+        if args.push_to_hub:
+            url = push_to_hub(out, args.push_to_hub, args.private, args.revision)
+    print(f"exported to {args.out_dir}: {', '.join(files)}" + ("" if args.no_verify else verified))
     if args.push_to_hub:
-        url = push_to_hub(out, args.push_to_hub, args.private, args.revision)
         print(f"pushed to {args.push_to_hub}: {url}")
     return 0
 
@@ -284,8 +288,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from .hf.importer import import_llada_folder
 
-    out = import_llada_folder(args.hf_dir, args.out_ckpt)
-    print(f"imported {args.hf_dir} into {out}: use it with --model, --train.init_from or llada-ds export")
+    import_llada_folder(args.hf_dir, args.out_ckpt)  # either may be an object-store URI
+    print(f"imported {args.hf_dir} into {args.out_ckpt}: use it with --model, --train.init_from or llada-ds export")
     return 0
 
 

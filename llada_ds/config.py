@@ -48,14 +48,17 @@ class ModelSection:
 @dataclass
 class DataSection:
     train: str = setting("", "training data: a shard set (llada-ds tokenize OUT/train) or an SFT cache "
-                             "(llada-ds sft-data OUT/train)")
+                             "(llada-ds sft-data OUT/train); a directory or an object-store URI (s3://, gs://)")
     validation: str = setting("", "validation data of the same kind (optional)")
-    tokenizer: str = setting("", "tokenizer folder; its fingerprint must match the data's")
+    tokenizer: str = setting("", "tokenizer folder (or URI); its fingerprint must match the data's")
     seq_len: int = setting(4096, "tokens per training sequence (SFT: the longest pair)")
     seed: int = setting(0, "data order")
     document_masking: bool = setting(False, "attention stays within each packed document (off in LLaDA)")
-    verify: str = setting("full", "full: sha256 of every shard once per job, split across ranks; header: sizes "
-                                  "and headers only")
+    verify: str = setting("auto", "full: sha256 of every shard once per job, split across ranks; header: sizes and "
+                                  "headers only; auto: full on a file system, header in object storage (hashing "
+                                  "there downloads everything)")
+    prefetch_steps: int = setting(4, "shards in object storage: steps read ahead in the background")
+    cache_mb: int = setting(256, "shards in object storage: in-memory cache of small ranges (validation windows)")
 
 
 @dataclass
@@ -126,6 +129,8 @@ class EvalSection:
 class CheckpointSection:
     every: int = setting(1000, "save every N steps; 0: only at the end and on a stop signal")
     keep_last: int = setting(3, "complete checkpoints kept")
+    local_dir: str = setting("", "run directories in object storage: fast local disk where each rank writes its "
+                                 "files before uploading them in the background (default: the system's temp dir)")
 
 
 @dataclass
@@ -143,6 +148,7 @@ class FaultsSection:
 
     nonfinite_steps: list = setting([], "these steps (counted from 1) get a non-finite loss, once per process")
     save_delay_seconds: float = setting(0.0, "sleep inside every checkpoint save (a window to kill the job in)")
+    upload_delay_seconds: float = setting(0.0, "object storage: sleep before each uploaded checkpoint file")
 
 
 @dataclass
@@ -183,7 +189,10 @@ class RunConfig:
             (t.micro_batch > 0, "train.micro_batch", t.micro_batch, "must be positive"),
             (t.precision in ("bf16", "fp32"), "train.precision", t.precision, "must be bf16 or fp32"),
             (self.data.seq_len > 0, "data.seq_len", self.data.seq_len, "must be positive"),
-            (self.data.verify in ("full", "header"), "data.verify", self.data.verify, "must be full or header"),
+            (self.data.verify in ("full", "header", "auto"), "data.verify", self.data.verify,
+             "must be full, header or auto"),
+            (self.data.prefetch_steps >= 0, "data.prefetch_steps", self.data.prefetch_steps, "must be >= 0"),
+            (self.data.cache_mb >= 0, "data.cache_mb", self.data.cache_mb, "must be >= 0"),
             (self.objective.kind in ("pretrain", "sft", "ar"), "objective.kind", self.objective.kind,
              "must be pretrain, sft or ar"),
             (0 < self.objective.eps < 1, "objective.eps", self.objective.eps, "must be in (0, 1)"),
@@ -203,6 +212,8 @@ class RunConfig:
              "faults.nonfinite_steps", self.faults.nonfinite_steps, "must be step numbers"),
             (self.faults.save_delay_seconds >= 0, "faults.save_delay_seconds", self.faults.save_delay_seconds,
              "must be >= 0"),
+            (self.faults.upload_delay_seconds >= 0, "faults.upload_delay_seconds",
+             self.faults.upload_delay_seconds, "must be >= 0"),
         ]
         for ok, key, value, why in checks:
             if not ok:

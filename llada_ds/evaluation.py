@@ -27,7 +27,7 @@ from .data.loader import validation_micro_batches
 from .data.sft import META as SFT_META
 from .data.sft import SFTData
 from .data.shards import ShardSet
-from .data.storage import LocalStorage
+from .data.storage import open_storage
 from .diffusion import NoiseConfig, Objective, make_objective
 from .diffusion.likelihood import log_likelihood
 from .diffusion.noise import EVAL_STEP
@@ -92,7 +92,7 @@ def validation_of(loaded: LoadedModel, path: str, samples: int,
         what = f"up to {samples} SFT pairs"
     else:
         kind = "pretrain" if kind == "sft" else kind
-        shards = ShardSet(LocalStorage(path), verify="header", tokenizer_fingerprint=fingerprint)
+        shards = ShardSet(open_storage(path), verify="header", tokenizer_fingerprint=fingerprint)
         batches = lambda: validation_micro_batches(shards, seq_len, micro, samples)  # noqa: E731
         what = f"up to {samples} windows of {seq_len}"
     objective = make_objective(kind, loaded.tokenizer.special.mask, loaded.model.config.vocab_size, loaded.noise())

@@ -15,6 +15,9 @@ either kind above, and the fingerprint of the base's tensors). Reading it reads 
 the fingerprint, and applies the adapters (llada_ds/lora.py): by default folded into the weights,
 so every consumer gets the plain model with the fine-tuned weights.
 
+Either kind may also sit in object storage (an s3:// or gs:// URI): it is downloaded to local
+disk first (a checkpoint: the one `latest` names, kept under $LLADA_DS_CACHE by its save id).
+
 Training (init_from), inference, evaluation, export and import all read weights through here.
 """
 
@@ -31,7 +34,9 @@ from typing import Optional
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from .data.object_store import ObjectStorage
+from .data.storage import download_cache, is_uri, local_copy
+from .errors import CheckpointError, ConfigError, StorageError
 from .lora import LoraSpec, inject_lora, load_adapters, merge_adapters
 from .model import LLaDAModel, ModelConfig
 from .model.hf_layout import from_llada_state_dict, model_config_from_llada, to_llada_name
@@ -223,6 +228,42 @@ def check_compatible(state: dict, model_cfg: dict, tokenizer_fingerprint: Option
                               f"{tokenizer_fingerprint}")
 
 
+# -- object storage ---------------------------------------------------------------------------------
+
+def localize(location: str | Path) -> Path:
+    """A local folder with the weights source at `location`: the path itself, or for a URI a
+    download of the Hugging Face folder or of the checkpoint it resolves to (a run directory and
+    its checkpoints/ folder resolve through `latest`)."""
+    if not is_uri(location):
+        return Path(str(location).removeprefix("file://"))
+    uri = str(location).rstrip("/")
+    store = ObjectStorage(uri)
+    if store.exists("config.json"):
+        return local_copy(uri)
+    for prefix in (f"{CHECKPOINTS}/", ""):
+        if store.exists(prefix + LATEST):
+            tag = store.read_bytes(prefix + LATEST).decode().strip()
+            ckpt = prefix + tag
+            if not store.exists(f"{ckpt}/{RUN_STATE}"):
+                raise CheckpointError(f"{store.describe(prefix + LATEST)} points to {tag}, which has no {RUN_STATE}: "
+                                      "the checkpoint is incomplete")
+            break
+    else:
+        if not store.exists(RUN_STATE):
+            raise CheckpointError(f"{uri}: no llada-ds checkpoint or Hugging Face folder (expected a run directory, "
+                                  "a step-* checkpoint or a folder with config.json)")
+        ckpt, tag = "", uri.rsplit("/", 1)[1]
+    state = json.loads(store.read_bytes(f"{ckpt}/{RUN_STATE}".lstrip("/")))
+    # Complete checkpoints never change: a copy is named by where it is and the save that wrote it.
+    key = hashlib.sha256(f"{store.describe(ckpt)}:{state.get('upload', '')}".encode()).hexdigest()[:24]
+    dest = download_cache() / key / tag
+    try:
+        store.download_tree(ckpt, dest, keep=lambda name: not name.startswith("."), refresh=False)
+    except StorageError as exc:
+        raise CheckpointError(f"downloading {store.describe(ckpt)} failed: {exc}") from None
+    return dest
+
+
 # -- either kind ------------------------------------------------------------------------------------
 
 @dataclass
@@ -261,9 +302,10 @@ class WeightsSource:
                 "tokenizer": None if self.run_state is None else self.run_state.get("tokenizer")}
 
 
-def find_weights(path: Path) -> WeightsSource:
-    """Resolve a run directory, checkpoint or Hugging Face folder without reading its tensors."""
-    path = Path(path)
+def find_weights(path: str | Path) -> WeightsSource:
+    """Resolve a run directory, checkpoint or Hugging Face folder (a path or a URI) without
+    reading its tensors (a URI is downloaded first)."""
+    path = localize(path)
     if is_hf_folder(path):
         cfg, conf = hf_config(path)
         return WeightsSource(path, "huggingface", cfg, hf_config=conf)

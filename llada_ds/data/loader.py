@@ -22,6 +22,7 @@ import torch
 from ..errors import DataStateError
 from .batch import DataState, MicroBatch, split_batch
 from .order import global_order
+from .prefetch import Prefetcher
 from .shards import ShardSet
 
 
@@ -59,11 +60,14 @@ class WindowDataset:
 
 
 class DistributedBatches:
-    """The micro-batches rank `rank` of `world` trains on at each optimizer step."""
+    """The micro-batches rank `rank` of `world` trains on at each optimizer step.
+
+    prefetch_steps > 0 reads the windows of that many steps ahead in background threads (for
+    shards in object storage; local shards are memory-mapped and need none)."""
 
     def __init__(
         self, dataset: WindowDataset, global_batch: int, micro_batch: int, rank: int = 0, world: int = 1,
-        document_masking: bool = False,
+        document_masking: bool = False, prefetch_steps: int = 0,
     ) -> None:
         if world <= 0 or not 0 <= rank < world:
             raise ValueError(f"rank {rank} of world size {world}")
@@ -72,6 +76,14 @@ class DistributedBatches:
         self.rank, self.world = rank, world
         self.document_masking = document_masking
         self.per_rank = global_batch // world
+        self._rows = Prefetcher(self._read, prefetch_steps) if prefetch_steps > 0 else self._read
+
+    def _read(self, step: int) -> np.ndarray:
+        return self.dataset.get(self.sample_indices(step))
+
+    def close(self) -> None:
+        if isinstance(self._rows, Prefetcher):
+            self._rows.close()
 
     def sample_indices(self, step: int) -> list[int]:
         start = step * self.global_batch + self.rank * self.per_rank
@@ -79,7 +91,7 @@ class DistributedBatches:
 
     def step(self, step: int) -> list[MicroBatch]:
         indices = self.sample_indices(step)
-        rows = torch.from_numpy(self.dataset.get(indices))  # one vectorised lookup per step
+        rows = torch.from_numpy(self._rows(step))  # one vectorised lookup per step
         out = []
         for i in range(0, len(indices), self.micro_batch):
             chunk = indices[i : i + self.micro_batch]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import TokenizerError
-from .storage import LocalStorage
+from .storage import LocalStorage, is_uri, local_copy
 
 SP_MODEL = "tokenizer.model"
 META = "llada_tokenizer.json"
@@ -74,6 +74,12 @@ class Tokenizer:
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """A folder, or an object-store URI (copied to local disk first)."""
+        if is_uri(path):
+            try:
+                path = local_copy(path)
+            except FileNotFoundError:
+                raise TokenizerError(f"{path}: no tokenizer found (no objects under this URI)") from None
         path = Path(path)
         if (path / SP_MODEL).is_file() and (path / META).is_file():
             return cls._load_sentencepiece(path)

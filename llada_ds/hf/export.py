@@ -30,8 +30,9 @@ from ..errors import ExportError
 from ..lora import merge_adapters
 from ..model import LLaDAModel
 from ..model.hf_layout import llada_config, to_llada_state_dict
-from ..weights import DTYPES, WeightsSource, find_weights, load_hf_folder, load_model, tag_for
-
+from ..data.object_store import ObjectStorage
+from ..data.storage import is_uri, join
+from ..weights import CHECKPOINTS, DTYPES, LATEST, WeightsSource, find_weights, load_hf_folder, load_model, tag_for
 REMOTE_DIR = Path(__file__).parent / "remote"
 AUTO_MAP = {
     "AutoConfig": "configuration_llada.LLaDAConfig",
@@ -192,8 +193,11 @@ def run_tokenizer(source: WeightsSource, tokenizer: Optional[str] = None) -> Tok
 
 def checkpoint_source(ckpt: str | Path, step: Optional[int] = None) -> WeightsSource:
     """A llada-ds run or checkpoint to export (a run directory means its latest checkpoint)."""
-    path = Path(ckpt)
-    if step is not None:
+    path = ckpt if is_uri(ckpt) else Path(ckpt)
+    if step is not None and is_uri(ckpt):  # a run directory or its checkpoints/ folder in object storage
+        run = ObjectStorage(str(ckpt))
+        path = join(ckpt, CHECKPOINTS, tag_for(step)) if run.exists(f"{CHECKPOINTS}/{LATEST}") else join(ckpt, tag_for(step))
+    elif step is not None:
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         path = root / tag_for(step)
     source = find_weights(path)  # resolves a run directory to its latest checkpoint

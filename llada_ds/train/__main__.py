@@ -15,6 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..data.storage import is_uri
 from ..errors import LladaError
 from .distributed import exit_process, init_distributed, shutdown_distributed
 from .loop import Trainer
@@ -22,9 +23,10 @@ from .preflight import preflight, run_dir_of
 from .signals import StopRequest
 
 
-def _log_error(run_dir: Path, line: str) -> None:
-    """Errors go to train.log too when the run directory exists (a relaunch's failure is on record)."""
-    if run_dir.is_dir():
+def _log_error(run_dir: str | Path, line: str) -> None:
+    """Errors go to train.log too when the run directory exists locally (a relaunch's failure is on
+    record; a run directory in object storage gets its log with the next checkpoint)."""
+    if not is_uri(str(run_dir)) and Path(run_dir).is_dir():
         with open(run_dir / "train.log", "a") as f:
             f.write(line + "\n")
 

@@ -22,6 +22,9 @@ files), and run_state.json records the LoRA settings and the base, `{"path", "ki
 The base is scattered from train.init_from before a checkpoint's adapters are loaded; on a resume
 it must have the recorded fingerprint. Recovery reloads only the adapters and their optimizer
 state: the frozen base never changes in memory.
+
+A run directory in object storage is the same layout in a bucket, saved
+and read through remote_run.py (background uploads, local copies for loading).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Optional
 import deepspeed
 
 from ..data.storage import LocalStorage
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, LladaError
 from ..lora import LoraSpec, base_name, is_adapter_name
 from ..weights import (
     CHECKPOINTS, LATEST, RUN_STATE, WeightsSource, check_compatible, find_weights, latest_checkpoint, read_run_state,
@@ -43,6 +46,7 @@ from ..weights import (
 )
 from .distributed import DistInfo, all_reduce_sum, barrier, from_main, raise_if_any
 from .elastic import convert_to_universal, is_converted, prune_universal, universal_path
+from .remote_run import RemoteRun
 
 
 def save_checkpoint(engine, ckpt_root: Path, step: int, run_state: dict, dist: DistInfo, keep_last: int,
@@ -133,8 +137,10 @@ class Checkpointer:
     """A run's checkpoints: pick, load (any world size), initial weights, save."""
 
     def __init__(self, engine, run_dir: Path, dist: DistInfo, model_cfg: dict, tokenizer_fingerprint: str,
-                 keep_last: int, save_delay_seconds: float = 0.0, lora: Optional[LoraSpec] = None) -> None:
-        self.engine, self.dist = engine, dist
+                 keep_last: int, save_delay_seconds: float = 0.0, lora: Optional[LoraSpec] = None,
+                 remote: Optional[RemoteRun] = None) -> None:
+        """remote: the run directory is in object storage (run_dir is then its local mirror)."""
+        self.engine, self.dist, self.remote = engine, dist, remote
         self.root = run_dir / CHECKPOINTS
         self.model_cfg, self.tokenizer_fingerprint = model_cfg, tokenizer_fingerprint
         self.keep_last, self.save_delay_seconds = keep_last, save_delay_seconds
@@ -142,15 +148,41 @@ class Checkpointer:
         self.base: Optional[dict] = None  # LoRA: the frozen base {path, kind, fingerprint}, once loaded
 
     def latest(self) -> Optional[Path]:
-        """The newest complete checkpoint, as rank 0 sees it (every rank acts on one decision)."""
-        return from_main(latest_checkpoint(self.root))
+        """The newest complete checkpoint, as rank 0 sees it (every rank acts on one decision).
+        In object storage: after the upload in flight is published, downloaded to local disk."""
+        if self.remote is None:
+            return from_main(latest_checkpoint(self.root))
+        self.remote.flush()
+        tag, error = None, None
+        if self.dist.is_main:
+            try:
+                tag = self.remote.latest_tag()
+            except LladaError as exc:
+                error = str(exc)
+        raise_if_any(error, CheckpointError, self.dist.device, "rank 0 could not read the latest checkpoint")
+        tag = from_main(tag)
+        return None if tag is None else self.remote.fetch(tag)
 
     def pick(self, resume: str) -> Optional[Path]:
         """The checkpoint this run continues from (None: a fresh start), checked against the run."""
+        if self.remote is not None and resume not in ("never", "auto"):
+            # a checkpoint of this run in the bucket: URI/checkpoints/step-N (or the tag alone)
+            tag = resume.rstrip("/").rsplit("/", 1)[-1]
+            if resume.rstrip("/") not in (tag, self.remote.describe(tag)):
+                raise CheckpointError(f"--resume {resume}: a run in object storage resumes from its own "
+                                      f"checkpoints ({self.remote.describe('step-N')}) or auto / never")
+            newer = [t for t in self.remote.complete_tags() if t > tag]
+            if newer:
+                raise CheckpointError(f"{self.remote.describe()} holds checkpoints newer than {tag} "
+                                      f"({', '.join(newer)}); resuming from an older one here would mix two histories")
+            ckpt = self.remote.fetch(tag)
+            check_compatible(read_run_state(ckpt), self.model_cfg, self.tokenizer_fingerprint, ckpt)
+            return ckpt
         if resume == "never":
-            if latest_checkpoint(self.root) is not None:
-                raise CheckpointError(f"{self.root.parent} already holds checkpoints; use --resume auto or another "
-                                      "run dir")
+            found = self.remote.latest_tag() if self.remote else latest_checkpoint(self.root)
+            if found is not None:
+                where = self.remote.uri if self.remote else self.root.parent
+                raise CheckpointError(f"{where} already holds checkpoints; use --resume auto or another run dir")
             return None
         ckpt = self.latest() if resume == "auto" else Path(resume)
         if ckpt is None:
@@ -187,6 +219,8 @@ class Checkpointer:
 
     def _universal(self, ckpt: Path) -> Path:
         """The universal form of `ckpt` (written by another world size), converted once by rank 0."""
+        if self.remote is not None:
+            return self.remote.universal(ckpt.name)
         error: Optional[str] = None
         if self.dist.is_main:
             try:
@@ -199,7 +233,15 @@ class Checkpointer:
 
     def init_weights(self, init_from: str) -> Path:
         """Start from the weights (only) of a checkpoint or a Hugging Face folder in LLaDA's layout."""
-        source = find_weights(Path(init_from))
+        # Rank 0 resolves it (and downloads it, for a URI); the others only need what it is.
+        source, error = None, None
+        if self.dist.is_main:
+            try:
+                source = find_weights(init_from)
+            except (CheckpointError, ConfigError, OSError) as exc:
+                error = str(exc)
+        raise_if_any(error, CheckpointError, self.dist.device, f"rank 0 could not find weights in {init_from}")
+        source = from_main(source)
         check_compatible(source.description, self.model_cfg, self.tokenizer_fingerprint, source.path)
         scatter_weights(self.engine, source, self.dist)
         return source.path
@@ -230,5 +272,12 @@ class Checkpointer:
     def save(self, step: int, run_state: dict) -> Path:
         if self.lora is not None:
             run_state = {**run_state, "lora": {**self.lora.to_dict(), "base": self.base}}
+        if self.remote is not None:  # written locally; uploaded and published in the background
+            return self.remote.save(self.engine, step, run_state, self.keep_last, self.save_delay_seconds)
         return save_checkpoint(self.engine, self.root, step, run_state, self.dist, self.keep_last,
                                self.save_delay_seconds)
+
+    def flush(self) -> None:
+        """Wait until the last save is stored and published (object storage; every rank calls it)."""
+        if self.remote is not None:
+            self.remote.flush()

@@ -40,18 +40,21 @@ from .engine import build_engine, fill_ds_config, repair_universal_load, set_lea
 from .faults import Faults
 from .monitor import Monitor, peak_tflops
 from .recovery import BadStepGuard
+from .remote_run import open_run_dir
 from .schedule import learning_rate
 from .signals import StopRequest
 from .state import RunState, StepResult
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, ds_config: dict, run_dir: Path, resume: str, dist: DistInfo,
+    def __init__(self, cfg: RunConfig, ds_config: dict, run_dir: str | Path, resume: str, dist: DistInfo,
                  on_log: Optional[Callable[[dict], None]] = None, stop: Optional[StopRequest] = None) -> None:
-        """on_log: called on every rank at each log interval with that interval's figures.
-        stop: the stop request whose signal handlers the entry point installed (default: installed
-        when the loop starts)."""
+        """run_dir: a directory or an object-store URI; on_log: called on every rank at each log
+        interval with that interval's figures; stop: the stop request whose signal handlers the entry
+        point installed (default: installed when the loop starts)."""
         cfg = self_contained(cfg)
+        # A URI is written through a local mirror (logs) and background uploads (checkpoints).
+        run_dir, self.remote = open_run_dir(run_dir, cfg.checkpoint.local_dir, dist, cfg.faults.upload_delay_seconds)
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.model_cfg = cfg.model.build()
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
@@ -67,7 +70,7 @@ class Trainer:
         self.engine, _ = build_engine(cfg, self.model_cfg, fill_ds_config(ds_config, cfg, dist.world))
         self.checkpoints = Checkpointer(self.engine, run_dir, dist, self.model_cfg.to_dict(),
                                         self.tokenizer.fingerprint, cfg.checkpoint.keep_last,
-                                        cfg.faults.save_delay_seconds, lora=cfg.lora.spec())
+                                        cfg.faults.save_delay_seconds, lora=cfg.lora.spec(), remote=self.remote)
         self.state = RunState()
         self.guard = BadStepGuard(cfg.recovery)
         self.faults = Faults(cfg.faults)
@@ -120,7 +123,11 @@ class Trainer:
     def run(self, stop_after: Optional[int] = None) -> int:
         """Train to train.steps (or stop_after steps in this process), checkpointing on the way."""
         try:
-            return self._run(stop_after)
+            rc = self._run(stop_after)
+            self.checkpoints.flush()  # object storage: the last save stored and published
+            if self.remote is not None and self.dist.is_main:
+                self.remote.push_logs()
+            return rc
         finally:
             self.monitor.close()  # also on an error: the log and wandb are flushed
 

@@ -19,16 +19,13 @@ import torch
 from ..config import RECIPES_DIR, RunConfig, annotated_yaml, load_run_config
 from ..data.batch import DataState
 from ..data.shards import INDEX_NAME
+from ..data.storage import is_uri
 from ..data.sft import META as SFT_META
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..model.attention import flash_attn_available
 from ..weights import CHECKPOINTS, latest_checkpoint, read_run_state
 from .engine import default_ds_config, fill_ds_config, load_ds_config
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def parse_train_args(argv: list[str], prog: str = "python -m llada_ds.train") -> tuple[argparse.Namespace, list[str]]:
@@ -45,7 +42,8 @@ def parse_train_args(argv: list[str], prog: str = "python -m llada_ds.train") ->
     parser.add_argument("--deepspeed_config", "--deepspeed-config", dest="ds_config", default=None,
                         help="DeepSpeed JSON (default: the packaged zero3.json on GPU, cpu.json on CPU)")
     parser.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None,
-                        help="checkpoints, logs and metrics (default runs/RECIPE)")
+                        help="checkpoints, logs and metrics: a directory or an object-store URI such as "
+                             "s3://bucket/runs/NAME (default runs/RECIPE)")
     parser.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint dir")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="save and exit after this many steps in this process (e.g. a job time limit); "
@@ -112,5 +110,7 @@ def preflight(argv: list[str], world: int) -> tuple[argparse.Namespace, RunConfi
     return args, cfg, ds_config
 
 
-def run_dir_of(args: argparse.Namespace) -> Path:
-    return Path(args.run_dir or f"runs/{Path(args.recipe).stem}")
+def run_dir_of(args: argparse.Namespace) -> str | Path:
+    """The run directory: a local path, or an object-store URI kept as text."""
+    run_dir = args.run_dir or f"runs/{Path(args.recipe).stem}"
+    return run_dir if is_uri(run_dir) else Path(run_dir)
