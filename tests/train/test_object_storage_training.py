@@ -131,7 +131,7 @@ def test_kill_9_of_a_rank_during_an_upload_resumes_from_the_previous_latest_bitw
     assert "starting at step 4" in res.stdout
     assert f"final checkpoint {run}/checkpoints/step-{STEPS:08d}" in res.stdout
     assert losses_in_bucket(run) == step_losses(local_whole)  # every step, bit for bit
-    assert sorted(losses_in_bucket(run)) == list(range(STEPS))
+    assert sorted(losses_in_bucket(run)) == list(range(1, STEPS + 1))  # steps are counted from 1
     assert fs.cat_file(f"{ckpts}/latest").decode() == f"step-{STEPS:08d}"
     for step in (4, 8):  # keep_last=2: both stay, each complete; the partial upload was replaced
         names = {p.rsplit("/", 1)[1] for p in fs.find(f"{ckpts}/step-{step:08d}")}
@@ -168,8 +168,8 @@ def test_a_run_stopped_on_2_ranks_resumes_on_1_from_the_bucket(recipe, bucket_da
     res = torchrun(recipe, run, *overrides, "--eval.every=0", nproc=1, env=s3.env)
     assert "(written by 2 ranks) through its universal form" in res.stdout
     got, whole = losses_in_bucket(run), step_losses(local_whole)
-    assert sorted(got) == list(range(STEPS))
-    for step in range(STEPS):
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in got:
         assert got[step] == pytest.approx(whole[step], abs=1e-5), (step, got[step], whole[step])
     # the universal copy is in the bucket (its source, step 4, is one of the keep_last=2 kept)
     assert s3fs_client().exists(f"{bucket}/runs/killed-copy/checkpoints/universal/step-00000004/universal.json")
