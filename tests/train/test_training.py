@@ -194,7 +194,10 @@ def test_init_from_a_given_checkpoint_loads_exactly_its_weights(recipe, tmp_path
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     result = json.loads([line for line in res.stdout.splitlines() if line.startswith("{")][-1])
+    moved, bound = result.pop("first_step_moved"), result.pop("first_step_bound")
     assert result == {"matches_requested": True, "matches_latest": False, "step": 0}
+    # The first step starts from those weights (not from a stale optimizer copy of the random ones).
+    assert moved <= bound, (moved, bound)
 
 
 @pytest.mark.timeout(300)
