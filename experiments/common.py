@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +67,12 @@ class Trained:
 
 
 def train_model(kind: str, model_cfg: ModelConfig, batches: Callable[[int], list[MicroBatch]], opt: Optimisation,
-                mask_id: int, seed: int, log: Callable[[str], None] = print, label: str = "") -> Trained:
+                mask_id: int, seed: int, log: Callable[[str], None] = print, label: str = "",
+                after_step: Optional[Callable[[int, torch.nn.Module], None]] = None) -> Trained:
     """One model, from the seed's initial weights (the same for both objectives), trained on
-    batches(step) for opt.steps steps. Global sample indices in the micro-batches key the noise."""
+    batches(step) for opt.steps steps. Global sample indices in the micro-batches key the noise.
+    after_step(steps done, model) may look at the model between steps (e.g. a validation); its
+    time is not counted as training time."""
     objective = make_objective(kind, mask_id, model_cfg.vocab_size, seed)
     torch.manual_seed(seed)
     model = build_model(model_cfg).train()
@@ -77,16 +80,24 @@ def train_model(kind: str, model_cfg: ModelConfig, batches: Callable[[int], list
     schedule = ScheduleSection(kind="cosine", warmup_steps=opt.warmup_steps, final_lr=opt.lr * opt.final_lr_ratio)
     every = max(opt.steps // 5, 1)
     seen: list[float] = []
+    outside = [0.0, 0.0]  # wall and CPU seconds spent in after_step
 
     def report(step: int, loss: float, _stats) -> None:
         seen.append(loss)
         if (step + 1) % every == 0:
             log(f"  {label or kind:24s} step {step + 1:6d}  loss {sum(seen[-every:]) / every:.4f}")
+        if after_step is not None:
+            wall, cpu = time.perf_counter(), time.process_time()
+            after_step(step + 1, model)
+            model.train()
+            outside[0] += time.perf_counter() - wall
+            outside[1] += time.process_time() - cpu
 
     start, cpu_start = time.perf_counter(), time.process_time()
     losses = train_plain(model, objective, batches, opt.steps, optimizer,
                          lambda step: learning_rate(step, opt.steps, opt.lr, schedule), opt.grad_clip, on_step=report)
-    return Trained(model.eval(), losses, time.perf_counter() - start, time.process_time() - cpu_start)
+    return Trained(model.eval(), losses, time.perf_counter() - start - outside[0],
+                   time.process_time() - cpu_start - outside[1])
 
 
 @torch.no_grad()

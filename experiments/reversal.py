@@ -304,7 +304,8 @@ class SeedResult:
     # accuracy[objective][split][question]: split test (forward only in training) or both; None: not asked
     accuracy: dict
     final_loss: dict  # mean of the last 10% of training losses, per objective
-    seconds: dict  # training time per objective
+    seconds: dict  # training wall time per objective
+    cpu_seconds: dict  # training CPU time per objective
     parameters: int
     row_length: int
     slot: int
@@ -346,12 +347,14 @@ def run_seed(settings: ReversalSettings, log: Callable[[str], None] = print) -> 
     acc: dict = {}
     final: dict = {}
     seconds: dict = {}
+    cpu: dict = {}
     for objective in OBJECTIVES:
         trained = train_model(objective, model_cfg, batches, opt, tok.special.mask, settings.seed, log)
-        final[objective], seconds[objective] = trained.final_loss(), trained.seconds
+        final[objective], seconds[objective], cpu[objective] = trained.final_loss(), trained.seconds, \
+            trained.cpu_seconds
         acc[objective] = {split: {q: ask(objective, q, trained.model, tok, pairs, layout, names) for q in QUESTIONS}
                           for split, pairs in splits.items()}
-    return SeedResult(settings.seed, acc, final, seconds, n_params, layout.length, layout.slot, tok.vocab_size,
+    return SeedResult(settings.seed, acc, final, seconds, cpu, n_params, layout.length, layout.slot, tok.vocab_size,
                       len(rows), len(names))
 
 
@@ -388,21 +391,23 @@ def format_result(result: ReversalResult) -> str:
     """Test pairs: forward, reverse three ways; both-ways pairs for reference; per seed and the mean."""
     s, seeds = result.settings, result.seeds
     header = ["seed", "model", "forward", "rev: infill", "rev: template", "rev: scoring", "both-ways fwd/infill/tmpl",
-              "final loss", "train s"]
+              "final loss", "train s", "CPU s"]
     rows = []
     for r in seeds:
         for objective in OBJECTIVES:
             t, both = r.accuracy[objective]["test"], r.accuracy[objective]["both"]
             rows.append([r.seed, objective] + [_cell(t[q], objective, q) for q in QUESTIONS]
                         + ["/".join(_short(both[q]) for q in ("forward", "infill", "template")),
-                           f"{r.final_loss[objective]:.4f}", f"{r.seconds[objective]:.0f}"])
+                           f"{r.final_loss[objective]:.4f}", f"{r.seconds[objective]:.0f}",
+                           f"{r.cpu_seconds[objective]:.0f}"])
     if len(seeds) > 1:
         for objective in OBJECTIVES:
             means = {split: {q: mean_accuracy(seeds, objective, split, q) for q in QUESTIONS}
                      for split in ("test", "both")}
             rows.append(["mean", objective] + [_cell(means["test"][q], objective, q) for q in QUESTIONS]
                         + ["/".join(_short(means["both"][q]) for q in ("forward", "infill", "template")),
-                           "", f"{sum(r.seconds[objective] for r in seeds):.0f}"])
+                           "", f"{sum(r.seconds[objective] for r in seeds):.0f}",
+                           f"{sum(r.cpu_seconds[objective] for r in seeds):.0f}"])
     first = seeds[0]
     n_test = s["facts"] - round(s["facts"] * s["both_fraction"])
     title = (f"reversal curse: {s['facts']} facts per seed, accuracy on the {n_test} test pairs (stated forward "

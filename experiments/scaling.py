@@ -175,13 +175,14 @@ def make_cloze(tokens: np.ndarray, context: int, k: int, n: int, starts: np.ndar
         raise ValueError(f"held-out text too short: {len(candidates)} positions for {n} cloze records "
                          f"of {context} + {k} tokens")
     rng = random.Random(seed)
-    picks = rng.sample(candidates.tolist(), n)
+    positions = candidates.tolist()
+    picks = rng.sample(positions, n)
     records = []
     for p in picks:
         truth = tokens[p : p + k].tolist()
         choices = [truth]
         while len(choices) < N_CHOICES:
-            q = rng.choice(candidates.tolist())
+            q = rng.choice(positions)
             span = tokens[q : q + k].tolist()
             if span not in choices:
                 choices.append(span)
@@ -231,10 +232,12 @@ class RunResult:
     tokens: int
     flops: float
     nll: float  # AR exact / diffusion ELBO, nats per token on val_windows
+    nll_curve: dict  # the same after a quarter, half and three quarters of the steps ("0.25": nll, ...)
     mc_nll: float  # the MC subset (diffusion bound, AR exact)
     cloze: float
     final_loss: float
-    train_seconds: float
+    train_seconds: float  # wall time
+    train_cpu_seconds: float  # CPU time of the process (steadier on a shared machine)
     eval_seconds: float
 
 
@@ -250,22 +253,31 @@ def run_size(spec: str, corpus: Corpus, settings: ScalingSettings, cloze: Sequen
     mask = tok.special.mask
     mc_windows = corpus.validation.read_windows(np.arange(s.mc_windows) * s.seq_len, s.seq_len)
     noise = validation_noise(s.seed, 1e-3)
+    checkpoints = {s.steps * q // 4: q / 4 for q in (1, 2, 3)}
     out = []
     for objective in OBJECTIVES:
-        trained = train_model(objective, cfg, loader.step, opt, mask, s.seed, log, label=f"{spec} {objective}")
-        start = time.perf_counter()
         evaluator_objective = (PretrainObjective(mask, cfg.vocab_size, noise) if objective == "diffusion"
                                else AutoregressiveObjective(mask, cfg.vocab_size, noise))
         # The validation a training run reports (llada_ds/evaluation.py), on the first val_windows windows.
-        nll = Evaluator(evaluator_objective,
-                        lambda: validation_micro_batches(corpus.validation, s.seq_len, 16, s.val_windows))(trained.model)
+        validate = Evaluator(evaluator_objective,
+                             lambda: validation_micro_batches(corpus.validation, s.seq_len, 16, s.val_windows))
+        curve: dict = {}
+
+        def after_step(done: int, model: torch.nn.Module) -> None:
+            if done in checkpoints:
+                curve[str(checkpoints[done])] = validate(model)
+
+        trained = train_model(objective, cfg, loader.step, opt, mask, s.seed, log, label=f"{spec} {objective}",
+                              after_step=after_step)
+        start = time.perf_counter()
+        nll = validate(trained.model)
         if nll is None:
             raise ValueError(f"fewer than 16 validation windows of {s.seq_len} tokens")
         mc = mc_subset_nll(objective, trained.model, mc_windows, mask, s.mc_num, s.seed)
         acc = cloze_accuracy(objective, trained.model, cloze, mask, s.cloze_mc_num, s.seed)
         seconds = time.perf_counter() - start
-        out.append(RunResult(spec, objective, params.total, params.matmul, s.tokens, flops, nll, mc, acc,
-                             trained.final_loss(), trained.seconds, seconds))
+        out.append(RunResult(spec, objective, params.total, params.matmul, s.tokens, flops, nll, curve, mc, acc,
+                             trained.final_loss(), trained.seconds, trained.cpu_seconds, seconds))
         log(f"  {spec} {objective}: NLL {nll:.3f}, MC subset {mc:.3f}, cloze {acc:.3f} "
             f"(train {trained.seconds:.0f} s, eval {seconds:.0f} s)")
     return out
@@ -300,20 +312,26 @@ def run_scaling(settings: ScalingSettings, texts: Sequence[str], workdir: Option
                              corpus.validation.total_tokens, tok.vocab_size)
 
 
+def _nll(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_result(result: ScalingResult) -> str:
     s = result.settings
     header = ["size", "model", "params", "matmul params", "train FLOPs", "NLL", "NLL, MC subset", "cloze acc",
-              "train loss", "train s", "eval s"]
+              "NLL at 1/4, 1/2, 3/4 of the FLOPs", "train loss", "train s", "train CPU s", "eval s"]
     rows = [[r.size, r.objective, f"{r.parameters:,}", f"{r.matmul_parameters:,}", f"{r.flops:.2e}",
-             f"{r.nll:.3f}", f"{r.mc_nll:.3f}", f"{r.cloze:.3f}", f"{r.final_loss:.3f}", f"{r.train_seconds:.0f}",
-             f"{r.eval_seconds:.0f}"] for r in result.runs]
+             f"{r.nll:.3f}", f"{r.mc_nll:.3f}", f"{r.cloze:.3f}",
+             " / ".join(_nll(r.nll_curve.get(str(q))) for q in (0.25, 0.5, 0.75)), f"{r.final_loss:.3f}",
+             f"{r.train_seconds:.0f}", f"{r.train_cpu_seconds:.0f}", f"{r.eval_seconds:.0f}"] for r in result.runs]
     title = (f"diffusion vs autoregressive at matched compute: {s['steps']} steps x {s['batch_size']} x "
              f"{s['seq_len']} tokens per run, Shakespeare ({result.train_tokens:,} training / "
              f"{result.validation_tokens:,} held-out tokens, tokenizer {result.vocab_size})")
     notes = [
         f"NLL: nats per token on {s['val_windows']} held-out windows (AR exact next-token loss; diffusion the "
         f"ELBO bound, one masking draw per window). NLL, MC subset: -log p(tokens 2..l | token 1) per token on "
-        f"{s['mc_windows']} windows (AR exact; diffusion Monte Carlo bound, {s['mc_num']} samples).",
+        f"{s['mc_windows']} windows (AR exact; diffusion Monte Carlo bound, {s['mc_num']} samples). NLL at 1/4...: "
+        f"the same validation during training (the learning rate not yet decayed), for NLL against FLOPs.",
         f"cloze acc: {s['cloze']} held-out contexts, the true next {s['cloze_tokens']} tokens vs {N_CHOICES - 1} "
         f"spans from elsewhere, by likelihood (diffusion: {s['cloze_mc_num']} Monte Carlo samples per choice); "
         f"chance {result.chance:.2f}.",

@@ -85,7 +85,10 @@ def test_both_objectives_start_from_the_same_weights_and_see_the_same_batches():
 
     # A learning rate of 0 leaves the weights as they were built: what each objective started from.
     opt = Optimisation(steps=3, lr=0.0, warmup_steps=0)
-    trained = {k: train_model(k, CFG, batches_for(k), opt, mask_id=3, seed=7, log=lambda _: None) for k in seen}
+    looked: list = []
+    trained = {k: train_model(k, CFG, batches_for(k), opt, mask_id=3, seed=7, log=lambda _: None,
+                              after_step=lambda done, m: looked.append((done, m.training))) for k in seen}
+    assert looked == [(1, True), (2, True), (3, True)] * 2
     torch.manual_seed(7)
     reference = build_model(CFG).state_dict()
     for t in trained.values():

@@ -97,8 +97,12 @@ def test_small_sweep_prints_one_row_per_size_and_objective(documents, tmp_path, 
         assert 0 < r["nll"] < np.log(512) and 0 < r["mc_nll"] < 8 and 0 <= r["cloze"] <= 1
         # The table's row (the training log's lines start alike but are shorter).
         row = next(line.split() for line in printed.splitlines()
-                   if line.split()[:2] == [r["size"], r["objective"]] and len(line.split()) == 11)
+                   if line.split()[:2] == [r["size"], r["objective"]] and len(line.split()) == 17)
         assert row[5:8] == [f"{r['nll']:.3f}", f"{r['mc_nll']:.3f}", f"{r['cloze']:.3f}"]
+        # The validation after a quarter, half and three quarters of the steps (7, 15 and 22 of 30).
+        assert sorted(r["nll_curve"]) == ["0.25", "0.5", "0.75"] and all(0 < v < 7 for v in r["nll_curve"].values())
+        assert row[8:13] == [f"{r['nll_curve']['0.25']:.3f}", "/", f"{r['nll_curve']['0.5']:.3f}", "/",
+                             f"{r['nll_curve']['0.75']:.3f}"]
     assert result["chance"] == 0.25 and result["validation_tokens"] > 0
     # The same flops for both objectives of a size: the compute is matched.
     assert runs[0]["flops"] == runs[1]["flops"] < runs[2]["flops"] == runs[3]["flops"]
