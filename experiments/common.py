@@ -110,7 +110,8 @@ def greedy(model: torch.nn.Module, prompts: torch.Tensor, n_tokens: int) -> torc
 
 
 @torch.no_grad()
-def ar_log_likelihood(model: torch.nn.Module, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
+def ar_log_likelihood(model: torch.nn.Module, prompt: Sequence[int],
+                      continuations: Sequence[Sequence[int]]) -> list[float]:
     """log p(continuation | prompt) under the causal model, exactly (one forward per length).
 
     The prompt must not be empty: the first continuation token is predicted from its last token."""

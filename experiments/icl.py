@@ -227,10 +227,10 @@ def format_result(result: ICLResult) -> str:
     notes = [
         "training: " + ", ".join(f"{o} final loss {result.final_loss[o]:.4f}, {result.seconds[o]:.0f} s "
                                  f"({result.cpu_seconds[o]:.0f} CPU s)" for o in OBJECTIVES),
-        f"settings: d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, FFN {s['ffn_hidden_size']} "
+        (f"settings: d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, FFN {s['ffn_hidden_size']} "
         f"({result.parameters:,} parameters); {s['steps']} steps of {s['batch_size']}, lr {s['lr']:g} (cosine, "
         f"warmup {s['warmup_steps']}), weight decay {s['weight_decay']:g}, up to {s['queries']} queries per "
-        f"training sequence, seed {s['seed']}",
+        f"training sequence, seed {s['seed']}"),
     ]
     return format_table(header, rows, title) + "\n" + "\n".join(notes)
 

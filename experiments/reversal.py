@@ -54,13 +54,21 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root makes `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import OBJECTIVES, Optimisation, ar_log_likelihood, chance, exact_match, format_table, \
-    greedy, train_model
+from experiments.common import (
+    OBJECTIVES,
+    Optimisation,
+    ar_log_likelihood,
+    chance,
+    exact_match,
+    format_table,
+    greedy,
+    train_model,
+)
 from llada_ds.data.batch import MicroBatch
 from llada_ds.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 from llada_ds.diffusion.sampler import SamplerConfig, SpecialTokens, generate, infill
 from llada_ds.errors import ConfigError
-from llada_ds.model import ModelConfig, count_parameters, build_model, get_preset
+from llada_ds.model import ModelConfig, build_model, count_parameters, get_preset
 from llada_ds.model.config import PRESETS
 
 FORWARD = "{child}'s parent is {parent}."
@@ -365,7 +373,8 @@ class ReversalResult:
     chance: float  # a uniform guess among the names
 
 
-def run_reversal(settings: ReversalSettings, seeds: Sequence[int], log: Callable[[str], None] = print) -> ReversalResult:
+def run_reversal(settings: ReversalSettings, seeds: Sequence[int],
+                 log: Callable[[str], None] = print) -> ReversalResult:
     if not seeds:
         raise ValueError("--seeds needs at least one seed")
     results = [run_seed(replace(settings, seed=s), log) for s in seeds]
@@ -413,14 +422,14 @@ def format_result(result: ReversalResult) -> str:
     title = (f"reversal curse: {s['facts']} facts per seed, accuracy on the {n_test} test pairs (stated forward "
              f"only in training); chance {result.chance:.3f} (1 of {first.names} names)")
     notes = [
-        "forward: 'A's parent is' -> B; rev: infill: '[M]x{slot}'s parent is B.' -> A by the LLaDA sampler "
-        "(the AR model cannot infill); rev: template: 'B's child is' -> A; rev: scoring: the name X with the "
-        "highest AR likelihood of 'X's parent is B.' among all names (a ranking of given candidates, not "
-        "generation; not run for the diffusion model)".format(slot=first.slot),
-        f"settings: preset {s['preset']} {s['model_overrides'] or ''} ({first.parameters:,} parameters), tokenizer "
+        (f"forward: 'A's parent is' -> B; rev: infill: '[M]x{first.slot}'s parent is B.' -> A by the LLaDA sampler "
+         "(the AR model cannot infill); rev: template: 'B's child is' -> A; rev: scoring: the name X with the "
+         "highest AR likelihood of 'X's parent is B.' among all names (a ranking of given candidates, not "
+         "generation; not run for the diffusion model)"),
+        (f"settings: preset {s['preset']} {s['model_overrides'] or ''} ({first.parameters:,} parameters), tokenizer "
         f"{first.vocab_size} pieces, rows of {first.row_length} tokens ({first.n_train_rows} rows), steps "
         f"{s['steps']}, batch {s['batch_size']}, lr {s['lr']:g} (cosine, warmup {s['warmup_steps']}), weight decay "
-        f"{s['weight_decay']:g}, both-fraction {s['both_fraction']:g}",
+        f"{s['weight_decay']:g}, both-fraction {s['both_fraction']:g}"),
     ]
     return format_table(header, rows, title, left=2) + "\n" + "\n".join(notes)
 

@@ -48,8 +48,16 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root makes `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import OBJECTIVES, Optimisation, ar_log_likelihood, chance, exact_match, format_table, \
-    train_model, training_flops
+from experiments.common import (
+    OBJECTIVES,
+    Optimisation,
+    ar_log_likelihood,
+    chance,
+    exact_match,
+    format_table,
+    train_model,
+    training_flops,
+)
 from llada_ds.data.build import BuildConfig, build_shards, resolve_inputs, split_of
 from llada_ds.data.loader import DistributedBatches, WindowDataset, validation_micro_batches
 from llada_ds.data.shards import ShardSet
@@ -241,46 +249,43 @@ class RunResult:
     eval_seconds: float
 
 
-def run_size(spec: str, corpus: Corpus, settings: ScalingSettings, cloze: Sequence[ClozeRecord],
-             log: Callable[[str], None] = print) -> list[RunResult]:
+def run_one(spec: str, objective: str, corpus: Corpus, settings: ScalingSettings, cloze: Sequence[ClozeRecord],
+            log: Callable[[str], None] = print) -> RunResult:
+    """One size with one objective: train, validating at a quarter, half and three quarters, then
+    measure."""
     tok, s = corpus.tokenizer, settings
     cfg = model_config(spec, tok.vocab_size, s.seq_len)
     params = count(cfg)
-    flops = training_flops(cfg, s.seq_len, s.tokens)
     # The same windows in the same order for both objectives (global samples [step * B, (step + 1) * B)).
     loader = DistributedBatches(WindowDataset(corpus.train, s.seq_len, s.seed), s.batch_size, s.batch_size)
-    opt = Optimisation(s.steps, s.lr, s.warmup_steps, s.weight_decay)
     mask = tok.special.mask
-    mc_windows = corpus.validation.read_windows(np.arange(s.mc_windows) * s.seq_len, s.seq_len)
     noise = validation_noise(s.seed, 1e-3)
+    evaluator_objective = (PretrainObjective(mask, cfg.vocab_size, noise) if objective == "diffusion"
+                           else AutoregressiveObjective(mask, cfg.vocab_size, noise))
+    # The validation a training run reports (llada_ds/evaluation.py), on the first val_windows windows.
+    validate = Evaluator(evaluator_objective,
+                         lambda: validation_micro_batches(corpus.validation, s.seq_len, 16, s.val_windows))
     checkpoints = {s.steps * q // 4: q / 4 for q in (1, 2, 3)}
-    out = []
-    for objective in OBJECTIVES:
-        evaluator_objective = (PretrainObjective(mask, cfg.vocab_size, noise) if objective == "diffusion"
-                               else AutoregressiveObjective(mask, cfg.vocab_size, noise))
-        # The validation a training run reports (llada_ds/evaluation.py), on the first val_windows windows.
-        validate = Evaluator(evaluator_objective,
-                             lambda: validation_micro_batches(corpus.validation, s.seq_len, 16, s.val_windows))
-        curve: dict = {}
+    curve: dict = {}
 
-        def after_step(done: int, model: torch.nn.Module) -> None:
-            if done in checkpoints:
-                curve[str(checkpoints[done])] = validate(model)
+    def after_step(done: int, model: torch.nn.Module) -> None:
+        if done in checkpoints:
+            curve[str(checkpoints[done])] = validate(model)
 
-        trained = train_model(objective, cfg, loader.step, opt, mask, s.seed, log, label=f"{spec} {objective}",
-                              after_step=after_step)
-        start = time.perf_counter()
-        nll = validate(trained.model)
-        if nll is None:
-            raise ValueError(f"fewer than 16 validation windows of {s.seq_len} tokens")
-        mc = mc_subset_nll(objective, trained.model, mc_windows, mask, s.mc_num, s.seed)
-        acc = cloze_accuracy(objective, trained.model, cloze, mask, s.cloze_mc_num, s.seed)
-        seconds = time.perf_counter() - start
-        out.append(RunResult(spec, objective, params.total, params.matmul, s.tokens, flops, nll, curve, mc, acc,
-                             trained.final_loss(), trained.seconds, trained.cpu_seconds, seconds))
-        log(f"  {spec} {objective}: NLL {nll:.3f}, MC subset {mc:.3f}, cloze {acc:.3f} "
-            f"(train {trained.seconds:.0f} s, eval {seconds:.0f} s)")
-    return out
+    trained = train_model(objective, cfg, loader.step, Optimisation(s.steps, s.lr, s.warmup_steps, s.weight_decay),
+                          mask, s.seed, log, label=f"{spec} {objective}", after_step=after_step)
+    start = time.perf_counter()
+    nll = validate(trained.model)
+    if nll is None:
+        raise ValueError(f"fewer than 16 validation windows of {s.seq_len} tokens")
+    mc_windows = corpus.validation.read_windows(np.arange(s.mc_windows) * s.seq_len, s.seq_len)
+    mc = mc_subset_nll(objective, trained.model, mc_windows, mask, s.mc_num, s.seed)
+    acc = cloze_accuracy(objective, trained.model, cloze, mask, s.cloze_mc_num, s.seed)
+    seconds = time.perf_counter() - start
+    log(f"  {spec} {objective}: NLL {nll:.3f}, MC subset {mc:.3f}, cloze {acc:.3f} "
+        f"(train {trained.seconds:.0f} s, eval {seconds:.0f} s)")
+    return RunResult(spec, objective, params.total, params.matmul, s.tokens, training_flops(cfg, s.seq_len, s.tokens),
+                     nll, curve, mc, acc, trained.final_loss(), trained.seconds, trained.cpu_seconds, seconds)
 
 
 @dataclass
@@ -307,7 +312,7 @@ def run_scaling(settings: ScalingSettings, texts: Sequence[str], workdir: Option
             f"each run {settings.tokens:,} tokens ({settings.tokens / corpus.train.total_tokens:.2f} epochs)")
         runs = []
         for spec in settings.sizes:
-            runs += run_size(spec, corpus, settings, cloze, log)
+            runs += [run_one(spec, objective, corpus, settings, cloze, log) for objective in OBJECTIVES]
         return ScalingResult(asdict(settings), runs, chance(N_CHOICES), corpus.train.total_tokens,
                              corpus.validation.total_tokens, tok.vocab_size)
 
@@ -328,15 +333,15 @@ def format_result(result: ScalingResult) -> str:
              f"{s['seq_len']} tokens per run, Shakespeare ({result.train_tokens:,} training / "
              f"{result.validation_tokens:,} held-out tokens, tokenizer {result.vocab_size})")
     notes = [
-        f"NLL: nats per token on {s['val_windows']} held-out windows (AR exact next-token loss; diffusion the "
+        (f"NLL: nats per token on {s['val_windows']} held-out windows (AR exact next-token loss; diffusion the "
         f"ELBO bound, one masking draw per window). NLL, MC subset: -log p(tokens 2..l | token 1) per token on "
         f"{s['mc_windows']} windows (AR exact; diffusion Monte Carlo bound, {s['mc_num']} samples). NLL at 1/4...: "
-        f"the same validation during training (the learning rate not yet decayed), for NLL against FLOPs.",
-        f"cloze acc: {s['cloze']} held-out contexts, the true next {s['cloze_tokens']} tokens vs {N_CHOICES - 1} "
+        f"the same validation during training (the learning rate not yet decayed), for NLL against FLOPs."),
+        (f"cloze acc: {s['cloze']} held-out contexts, the true next {s['cloze_tokens']} tokens vs {N_CHOICES - 1} "
         f"spans from elsewhere, by likelihood (diffusion: {s['cloze_mc_num']} Monte Carlo samples per choice); "
-        f"chance {result.chance:.2f}.",
-        f"settings: lr {s['lr']:g} (cosine, warmup {s['warmup_steps']}), weight decay {s['weight_decay']:g}, "
-        f"seed {s['seed']}; FLOPs = tokens x (6 x matmul params + 12 x layers x d_model x seq_len).",
+        f"chance {result.chance:.2f}."),
+        (f"settings: lr {s['lr']:g} (cosine, warmup {s['warmup_steps']}), weight decay {s['weight_decay']:g}, "
+        f"seed {s['seed']}; FLOPs = tokens x (6 x matmul params + 12 x layers x d_model x seq_len)."),
     ]
     return format_table(header, rows, title, left=2) + "\n" + "\n".join(notes)
 

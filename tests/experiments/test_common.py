@@ -6,8 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.common import Optimisation, ar_log_likelihood, chance, exact_match, format_table, greedy, \
-    train_model, training_flops
+from experiments.common import (
+    Optimisation,
+    ar_log_likelihood,
+    chance,
+    exact_match,
+    format_table,
+    greedy,
+    train_model,
+    training_flops,
+)
 from llada_ds.data.batch import MicroBatch
 from llada_ds.model import ModelConfig, build_model
 

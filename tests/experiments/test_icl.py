@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.icl import BOS, EOS, QUERY, Episode, ICLSettings, copy_baseline, eval_episodes, main, \
-    make_episode, training_batch
+from experiments.icl import (
+    BOS,
+    EOS,
+    QUERY,
+    Episode,
+    ICLSettings,
+    copy_baseline,
+    eval_episodes,
+    main,
+    make_episode,
+    training_batch,
+)
 
 # A CI-sized run: contexts of 1-3 pairs over 6 keys and 6 values, a 2-layer d_model-64 model.
 SMALL = ["--pairs", "3", "--keys", "6", "--values", "6", "--queries", "2", "--eval-pairs", "1", "3",
@@ -88,5 +98,6 @@ def test_small_run_prints_the_measured_accuracy_per_number_of_pairs(tmp_path, ca
         assert 0 <= acc["3"] <= 1
     for n in ("1", "3"):
         row = next(line.split() for line in printed.splitlines() if line.split()[:1] == [n])
-        assert row[1:] == [f"{result['accuracy']['diffusion'][n]:.3f}", f"{result['accuracy']['autoregressive'][n]:.3f}",
-                           f"{result['copy'][n]:.3f}", f"{1 / 6:.3f}"]
+        acc = result["accuracy"]
+        assert row[1:] == [f"{acc['diffusion'][n]:.3f}", f"{acc['autoregressive'][n]:.3f}", f"{result['copy'][n]:.3f}",
+                           f"{1 / 6:.3f}"]

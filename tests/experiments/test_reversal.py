@@ -7,8 +7,17 @@ import json
 import pytest
 import torch
 
-from experiments.reversal import ReversalSettings, encode, encode_rows, infill_canvas, layout_of, \
-    main, make_facts, slot_text, training_statements
+from experiments.reversal import (
+    ReversalSettings,
+    encode,
+    encode_rows,
+    infill_canvas,
+    layout_of,
+    main,
+    make_facts,
+    slot_text,
+    training_statements,
+)
 from llada_ds.data.tokenizer import train_tokenizer
 
 # A CI-sized run: 12 facts, a 2-layer d_model-64 model; both objectives reach 1.0 forward by
