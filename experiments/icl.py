@@ -22,7 +22,7 @@ reaches.
 
 The tokens are ids, not text: BOS 1, EOS 2 (padding), mask 3, '?' 4, then the K keys and V values.
 
-Run: `python experiments/icl.py [--pairs 16 --keys 32 --values 32 --steps 3000 ...]` prints one
+Run: `python experiments/icl.py [--pairs 8 --keys 16 --values 16 --steps 4000 ...]` prints one
 table, a row per number of in-context pairs.
 """
 
@@ -56,13 +56,13 @@ STREAM_TRAIN, STREAM_EVAL = 0, 1
 
 @dataclass(frozen=True)
 class ICLSettings:
-    pairs: int = 16  # most key -> value pairs in a training context (N)
-    keys: int = 32  # K key tokens
-    values: int = 32  # V value tokens
+    pairs: int = 8  # most key -> value pairs in a training context (N)
+    keys: int = 16  # K key tokens
+    values: int = 16  # V value tokens
     queries: int = 4  # most queries per training sequence (Q)
-    eval_pairs: tuple = (1, 2, 4, 8, 16)  # numbers of in-context pairs asked about
+    eval_pairs: tuple = (1, 2, 4, 8)  # numbers of in-context pairs asked about
     eval_sequences: int = 200  # per number of pairs
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 64
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -182,12 +182,19 @@ def answers(objective: str, model: torch.nn.Module, episodes: Sequence[Episode],
     return out[:, 0].tolist()
 
 
+def accuracy_by_pairs(objective: str, model: torch.nn.Module, episodes: dict, length: int) -> dict:
+    """{str(n_pairs): exact-match accuracy on that number's episodes}."""
+    return {str(n): exact_match(answers(objective, model, eps, length), [e.answer(e.queries[0]) for e in eps])
+            for n, eps in episodes.items()}
+
+
 @dataclass
 class ICLResult:
     settings: dict
     parameters: int
-    # accuracy[objective][str(n_pairs)]
+    # accuracy[objective][str(n_pairs)] after training; curve[objective][fraction][str(n_pairs)] during
     accuracy: dict
+    curve: dict
     copy: dict  # str(n_pairs) -> copy baseline
     chance: float
     final_loss: dict
@@ -203,28 +210,40 @@ def run_icl(settings: ICLSettings, log: Callable[[str], None] = print) -> ICLRes
         f"{settings.steps} steps of {settings.batch_size}")
     opt = Optimisation(settings.steps, settings.lr, settings.warmup_steps, settings.weight_decay)
     episodes = {n: eval_episodes(settings, n) for n in settings.eval_pairs}
-    acc, final, seconds, cpu = {}, {}, {}, {}
+    checkpoints = {settings.steps * q // 4: str(q / 4) for q in (1, 2, 3)}
+    acc, curve, final, seconds, cpu = {}, {}, {}, {}, {}
     for objective in OBJECTIVES:
+        curve[objective] = {}
+
+        def after_step(done: int, model: torch.nn.Module, objective: str = objective) -> None:
+            if done in checkpoints:  # the same questions during training: when does the lookup appear?
+                curve[objective][checkpoints[done]] = accuracy_by_pairs(objective, model, episodes, settings.length)
+
         trained = train_model(objective, cfg, lambda step: [training_batch(settings, step)], opt, MASK,
-                              settings.seed, log)
+                              settings.seed, log, after_step=after_step)
         final[objective], seconds[objective], cpu[objective] = trained.final_loss(), trained.seconds, \
             trained.cpu_seconds
-        acc[objective] = {}
-        for n, eps in episodes.items():
-            got = answers(objective, trained.model, eps, settings.length)
-            acc[objective][str(n)] = exact_match(got, [e.answer(e.queries[0]) for e in eps])
-    return ICLResult(asdict(settings), params, acc, {str(n): copy_baseline(e) for n, e in episodes.items()},
+        acc[objective] = accuracy_by_pairs(objective, trained.model, episodes, settings.length)
+    return ICLResult(asdict(settings), params, acc, curve, {str(n): copy_baseline(e) for n, e in episodes.items()},
                      chance(settings.values), final, seconds, cpu)
 
 
 def format_result(result: ICLResult) -> str:
     s = result.settings
-    header = ["in-context pairs", "diffusion", "autoregressive", "copy baseline", "chance"]
+    header = ["in-context pairs", "diffusion", "autoregressive", "copy baseline", "chance",
+              "diffusion at 1/4, 1/2, 3/4", "AR at 1/4, 1/2, 3/4"]
+
+    def during(objective: str, n: str) -> str:
+        c = result.curve[objective]
+        return " / ".join(f"{c[q][n]:.2f}" if q in c else "-" for q in ("0.25", "0.5", "0.75"))
+
     rows = [[n, f"{result.accuracy['diffusion'][n]:.3f}", f"{result.accuracy['autoregressive'][n]:.3f}",
-             f"{result.copy[n]:.3f}", f"{result.chance:.3f}"] for n in result.accuracy["diffusion"]]
+             f"{result.copy[n]:.3f}", f"{result.chance:.3f}", during("diffusion", n), during("autoregressive", n)]
+            for n in result.accuracy["diffusion"]]
     title = (f"in-context learning: accuracy of the queried value, {s['eval_sequences']} fresh sequences per row "
              f"(keys {s['keys']}, values {s['values']}, up to {s['pairs']} pairs in training)")
     notes = [
+        "diffusion / AR at 1/4, 1/2, 3/4: the same accuracy during training, after that share of the steps",
         "training: " + ", ".join(f"{o} final loss {result.final_loss[o]:.4f}, {result.seconds[o]:.0f} s "
                                  f"({result.cpu_seconds[o]:.0f} CPU s)" for o in OBJECTIVES),
         (f"settings: d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, FFN {s['ffn_hidden_size']} "

