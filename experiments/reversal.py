@@ -415,21 +415,26 @@ def format_result(result: ReversalResult) -> str:
                      for split in ("test", "both")}
             rows.append(["mean", objective] + [_cell(means["test"][q], objective, q) for q in QUESTIONS]
                         + ["/".join(_short(means["both"][q]) for q in ("forward", "infill", "template")),
-                           "", f"{sum(r.seconds[objective] for r in seeds):.0f}",
-                           f"{sum(r.cpu_seconds[objective] for r in seeds):.0f}"])
+                           "", f"{sum(r.seconds[objective] for r in seeds) / len(seeds):.0f}",
+                           f"{sum(r.cpu_seconds[objective] for r in seeds) / len(seeds):.0f}"])
     first = seeds[0]
+    slots = sorted({r.slot for r in seeds})
+    lengths = sorted({r.row_length for r in seeds})
     n_test = s["facts"] - round(s["facts"] * s["both_fraction"])
     title = (f"reversal curse: {s['facts']} facts per seed, accuracy on the {n_test} test pairs (stated forward "
              f"only in training); chance {result.chance:.3f} (1 of {first.names} names)")
     notes = [
-        (f"forward: 'A's parent is' -> B; rev: infill: '[M]x{first.slot}'s parent is B.' -> A by the LLaDA sampler "
+        (f"forward: 'A's parent is' -> B; rev: infill: '[M]x{'-'.join(map(str, slots))}'s parent is B.' -> A by the "
+         "LLaDA sampler "
          "(the AR model cannot infill); rev: template: 'B's child is' -> A; rev: scoring: the name X with the "
          "highest AR likelihood of 'X's parent is B.' among all names (a ranking of given candidates, not "
          "generation; not run for the diffusion model)"),
         (f"settings: preset {s['preset']} {s['model_overrides'] or ''} ({first.parameters:,} parameters), tokenizer "
-        f"{first.vocab_size} pieces, rows of {first.row_length} tokens ({first.n_train_rows} rows), steps "
+        f"{first.vocab_size} pieces, rows of {'-'.join(map(str, lengths))} tokens ({first.n_train_rows} rows), steps "
         f"{s['steps']}, batch {s['batch_size']}, lr {s['lr']:g} (cosine, warmup {s['warmup_steps']}), weight decay "
         f"{s['weight_decay']:g}, both-fraction {s['both_fraction']:g}"),
+        (f"training time, all seeds and both models: {sum(sum(r.seconds.values()) for r in seeds):.0f} s wall, "
+         f"{sum(sum(r.cpu_seconds.values()) for r in seeds):.0f} s CPU"),
     ]
     return format_table(header, rows, title, left=2) + "\n" + "\n".join(notes)
 
