@@ -84,7 +84,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_small_run_prints_the_measured_accuracy_per_number_of_pairs(tmp_path, capsys, one_thread):
     out = tmp_path / "result.json"
     assert main(SMALL + ["--json", str(out)]) == 0

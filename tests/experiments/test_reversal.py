@@ -107,7 +107,7 @@ def test_the_name_of_an_infilled_span_is_read_after_its_last_bos(tokenizer):
     assert slot_text(tok, [eos, eos, eos]) == ""
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(600)
 def test_small_run_memorises_forward_facts_and_prints_the_measured_table(tmp_path, capsys, one_thread):
     out = tmp_path / "result.json"
     assert main(SMALL + ["--json", str(out)]) == 0

@@ -81,7 +81,7 @@ SMALL = ["--sizes", "32x1", "64x1", "--steps", "30", "--batch-size", "8", "--seq
          "--cloze", "10", "--cloze-tokens", "2", "--cloze-mc-num", "2"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_small_sweep_prints_one_row_per_size_and_objective(documents, tmp_path, capsys):
     out = tmp_path / "result.json"
     assert main(SMALL + ["--texts", str(documents), "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
