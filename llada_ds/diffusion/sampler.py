@@ -17,6 +17,10 @@ the current block instead of the whole canvas and optionally revealing by a conf
 instead of a count. Guidance is written once too, `guided_logits`, for both samplers and the
 likelihood estimator.
 
+`infill` reveals the masks of a given canvas wherever they stand (a masked span inside a
+sentence, with EOS filling what the span does not need): the same step over the whole canvas as
+one block, the reveal counts taken from all of its masks.
+
 Batches of prompts of different lengths are left-padded with a padding id that must differ from
 the mask id; padding is its own attention segment, so real tokens never see it (bidirectional).
 All draws come from one torch.Generator seeded by `seed`, in a fixed order, so a run is
@@ -25,7 +29,7 @@ reproducible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -225,3 +229,31 @@ def generate(model_or_fn, prompts: Sequence[Sequence[int]] | torch.Tensor, cfg: 
             if on_step is not None:
                 on_step(step, x[:, p_len:])
     return x[:, p_len:]
+
+
+@torch.no_grad()
+def infill(model_or_fn, canvas: torch.Tensor, cfg: SamplerConfig, tokens: SpecialTokens,
+           on_step: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+    """The canvases (batch, length) with every mask token revealed, wherever it stands.
+
+    The whole canvas is one block decoded in cfg.steps steps: a row with m masks reveals m // steps
+    of them per step, one more in the first m % steps steps, the most confident first (generate's
+    step, with no position excluded). Temperature, remasking, the EOS controls and the seed act as
+    in generate; gen_length and block_length do not apply (the canvas is given), nor does guidance
+    (there is no prompt to hide). The rows are not padded: give canvases of one length.
+    """
+    if cfg.cfg_scale > 0:
+        raise ConfigError(f"cfg_scale={cfg.cfg_scale}: infilling has no prompt to hide for guidance")
+    replace(cfg, gen_length=cfg.steps, block_length=None).blocks()  # the checks that apply: steps, remasking, T
+    fn = model_or_fn if not isinstance(model_or_fn, torch.nn.Module) else logits_fn(model_or_fn)
+    device = next(model_or_fn.parameters()).device if isinstance(model_or_fn, torch.nn.Module) else canvas.device
+    x = torch.as_tensor(canvas, dtype=torch.long).to(device)
+    if x.dim() != 2:
+        raise ConfigError(f"infill takes canvases of shape (batch, length), got shape {tuple(x.shape)}")
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    counts = reveal_counts(x == tokens.mask, cfg.steps)
+    for i in range(cfg.steps):
+        x = denoise_step(fn(x, None), x, cfg, tokens, gen, counts=counts[:, i])
+        if on_step is not None:
+            on_step(i + 1, x)
+    return x
