@@ -49,10 +49,47 @@ class DataSection:
 
 @dataclass
 class ObjectiveSection:
-    kind: str = "pretrain"  # pretrain | sft | ar (the autoregressive baseline: causal mask, next token)
+    # pretrain | sft | ar (the autoregressive baseline: causal mask, next token) | vrpo (preference
+    # optimisation, section vrpo) | grpo (RL with verifiable rewards, section grpo)
+    kind: str = "pretrain"
     eps: float = 1e-3
     random_length_prob: float = 0.01
     noise_seed: int = 0
+    # vrpo, grpo: the frozen reference model's weights (a checkpoint or a Hugging Face folder);
+    # default train.init_from, the model the run starts from
+    reference: str = ""
+
+
+@dataclass
+class VRPOSection:
+    """Variance-reduced preference optimisation (LLaDA 1.5): DPO on ELBO estimates."""
+
+    beta: float = 0.1  # DPO's beta
+    mc_samples: int = 8  # Monte Carlo samples per ELBO estimate, each on its own timestep with one mask
+    antithetic: bool = True  # the same timesteps and masks for the policy and the reference (false: naive)
+
+
+@dataclass
+class GRPOSection:
+    """diffu-GRPO (d1): rollouts with the sampler, group-relative advantages, clipped updates.
+    Defaults: d1's published training settings."""
+
+    reward: str = "llada_ds.rewards:exact_match"  # module:function, called (prompt, completion, example)
+    generations: int = 6  # G: completions per prompt (train.global_batch counts completions)
+    updates: int = 12  # mu: optimizer updates per batch of rollouts (one train step)
+    clip: float = 0.5  # epsilon of the clipped ratio
+    beta: float = 0.04  # KL penalty to the reference (0: no reference model)
+    prompt_mask_prob: float = 0.15  # prompt tokens masked in the log-probability estimate
+    loss: str = "clip"  # clip (diffu-GRPO) | wd1 (ratio-free, no reference)
+    scale_rewards: bool = False  # advantages divided by the group's reward std (GRPO) or not (d1)
+    sampler: str = "exact"  # exact | fast (key/value cache, grpo.cache)
+    cache: str = "dual"  # prefix | dual, with sampler fast
+    gen_length: int = 256
+    steps: int = 128  # sampler steps
+    block_length: int = 32
+    temperature: float = 0.9
+    remasking: str = "low_confidence"  # low_confidence | random
+    log_samples: int = 4  # completions per step written to RUN_DIR/rollouts.jsonl
 
 
 @dataclass
@@ -128,6 +165,8 @@ class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    vrpo: VRPOSection = field(default_factory=VRPOSection)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -150,8 +189,8 @@ class RunConfig:
             (t.precision in ("bf16", "fp32"), "train.precision", t.precision, "must be bf16 or fp32"),
             (self.data.seq_len > 0, "data.seq_len", self.data.seq_len, "must be positive"),
             (self.data.verify in ("full", "header"), "data.verify", self.data.verify, "must be full or header"),
-            (self.objective.kind in ("pretrain", "sft", "ar"), "objective.kind", self.objective.kind,
-             "must be pretrain, sft or ar"),
+            (self.objective.kind in ("pretrain", "sft", "ar", "vrpo", "grpo"), "objective.kind", self.objective.kind,
+             "must be pretrain, sft, ar, vrpo or grpo"),
             (0 < self.objective.eps < 1, "objective.eps", self.objective.eps, "must be in (0, 1)"),
             (self.optim.lr > 0, "optim.lr", self.optim.lr, "must be positive"),
             (len(self.optim.betas) == 2, "optim.betas", self.optim.betas, "must be two numbers"),

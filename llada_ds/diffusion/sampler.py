@@ -85,8 +85,9 @@ LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
 def logits_fn(model) -> LogitsFn:
-    """(tokens, valid mask or None) -> logits, for our model or any model returning `.logits`."""
-    if isinstance(model, LLaDAModel):
+    """(tokens, valid mask or None) -> logits, for our model (or a DeepSpeed engine wrapping it, whose
+    forward gathers ZeRO-3 shards) or any model returning `.logits`."""
+    if isinstance(getattr(model, "module", model), LLaDAModel):
         def ours(x, valid):
             # Padding is a run of its own: the document mask keeps real tokens from seeing it.
             return model(x, doc_ids=None if valid is None else valid.long())

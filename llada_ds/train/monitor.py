@@ -106,6 +106,7 @@ class Monitor:
         self.show_padding, self.device, self.on_log = show_padding, device, on_log
         self.metrics_path = run_dir / "metrics.jsonl"
         self.log_path = run_dir / "train.log"
+        self.samples_path = run_dir / "rollouts.jsonl"
         self.window = MetricsWindow()
         self.wandb = None
         self.wandb_id: Optional[str] = None
@@ -138,6 +139,13 @@ class Monitor:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
+    def samples(self, records: list[dict]) -> None:
+        """Append records (e.g. sampled completions with their rewards) to RUN_DIR/rollouts.jsonl."""
+        if not self.active or not records:
+            return
+        with open(self.samples_path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
     def report_step(self, r: StepResult, state: RunState) -> None:
         """metrics.jsonl for this step; the interval's line and on_log every log.every steps."""
         self.window.add(r)
@@ -151,6 +159,8 @@ class Monitor:
         for k, count in enumerate(r.bucket_count):
             if count:
                 record[f"loss_t{k}"] = r.bucket_loss[k] / count
+        for name, (total, count) in sorted(r.extra.items()):  # the objective's own figures (mean reward...)
+            record[name] = total / count if count else None
         self.step(record)
         if state.step % self.log_every == 0 or state.step == self.total_steps:
             pad = f" | padding {100 * w.padding / max(w.tokens, 1):.1f}%" if self.show_padding else ""
