@@ -104,6 +104,11 @@ def scatter_weights(engine, source: WeightsSource, dist: DistInfo) -> None:
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
             if dist.is_main:
                 param.data.copy_(state[name].to(param.dtype))
+    # The optimizer keeps its own fp32 master copy of the weights, made when the engine was built:
+    # refresh it from the parameters just written, or the first step writes the old weights back.
+    refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
+    if refresh is not None:
+        refresh()
     barrier()
 
 
