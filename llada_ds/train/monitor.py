@@ -66,11 +66,15 @@ class MetricsWindow:
     def __init__(self) -> None:
         self.loss = self.correct = self.masked = self.tokens = self.padding = 0.0
         self.good = 0
+        self.extra: dict = {}  # the objective's own figures: name -> [sum, count]
         self.start = time.perf_counter()
 
     def add(self, r: StepResult) -> None:
         self.tokens += r.tokens
         self.padding += r.padding
+        for name, (total, count) in r.extra.items():
+            sums = self.extra.setdefault(name, [0.0, 0.0])
+            sums[0], sums[1] = sums[0] + total, sums[1] + count
         if not r.skipped:
             self.good += 1
             self.loss += r.loss
@@ -164,6 +168,7 @@ class Monitor:
         self.step(record)
         if state.step % self.log_every == 0 or state.step == self.total_steps:
             pad = f" | padding {100 * w.padding / max(w.tokens, 1):.1f}%" if self.show_padding else ""
+            pad += "".join(f" | {name} {total / count:.4g}" for name, (total, count) in sorted(w.extra.items()) if count)
             self.print(self.interval_line(r.step, w.mean_loss, w.accuracy, r.lr, w.tokens, w.seconds,
                                           memory_gib(self.device), pad))
             if self.on_log is not None:
