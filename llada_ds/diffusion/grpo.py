@@ -185,13 +185,17 @@ class GRPOObjective:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        rows, rewards, samples = [], [], []
+        rows, rewards, samples, error = [], [], [], None
         for prompt, index, text, record in zip(batch.prompts, batch.indices, batch.texts, batch.records):
             out = self.rollouts(model, prompt, index, step).tolist()
             for j, completion in enumerate(out):
                 length = stop_index(completion, self.stops)
                 answer = self.tokenizer.decode(completion[:length])
-                rewards.append(float(self.reward(text, answer, record)))
+                try:
+                    rewards.append(float(self.reward(text, answer, record)))
+                except Exception as exc:  # noqa: BLE001  (user code: reported, all ranks stop)
+                    error = error or f"the reward function failed on global prompt {index}, sample {j}: {exc!r}"
+                    rewards.append(float("nan"))
                 rows.append((prompt, completion, min(length + 1, len(completion)), index * G + j))
                 if len(samples) < s.log_samples:
                     samples.append({"step": step, "prompt_index": index, "sample": j, "prompt": text,
@@ -225,7 +229,7 @@ class GRPOObjective:
             "zero_std_groups": figure((std < 1e-6).sum(), len(std), device),
             "advantage_abs": figure(adv.abs().sum(), len(adv), device),
             "completion_length": figure(lengths.sum(), len(lengths), device)})
-        return Prepared(updates, figures, samples)
+        return Prepared(updates, figures, samples, error)
 
     def _collate(self, rows: list, adv: torch.Tensor, weights: torch.Tensor, device) -> RolloutBatch:
         """Prompts left-padded (padding its own attention segment) followed by the completions."""

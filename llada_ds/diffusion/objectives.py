@@ -123,6 +123,9 @@ class Prepared:
     updates: list  # optimizer updates, in order: each a list of this rank's micro-batches for `loss`
     figures: StepStats  # figures of the preparation, reported (all-reduced) with the step's
     samples: list = field(default_factory=list)  # records for the run directory (rank 0's are written)
+    # A failure found while preparing (a reward function that raised): the preparation still ran
+    # every forward, so that all ranks reach the loop's check together, which stops them all.
+    error: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,13 @@ from ..config import RunConfig
 from ..data.batch import DataState
 from ..data.tokenizer import Tokenizer
 from ..diffusion import NoiseConfig, StepStats, make_objective
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, DataError, TrainingError
 from ..evaluation import Evaluator, validation_noise
 from ..model.sizing import count, train_flops_per_token
 from .alignment import ALIGNMENT, make_alignment
 from .checkpoint import Checkpointer
 from .datasets import open_run_data
-from .distributed import DistInfo, all_reduce_
+from .distributed import DistInfo, all_reduce_, raise_if_any
 from .engine import build_engine, fill_ds_config, repair_universal_load, set_learning_rate
 from .faults import Faults
 from .monitor import Monitor, peak_tflops
@@ -94,6 +94,8 @@ class Trainer:
         # The objective turns the step's data into several updates (GRPO: rollouts on the current
         # weights, then mu updates on them); the step reports them together.
         prepared = prepare(self.engine, micro_batches, step)
+        raise_if_any(prepared.error, DataError, self.dist.device, f"step {step}: another rank could not prepare its "
+                     "batch (see its log)")
         self.monitor.samples(prepared.samples)
         return StepResult.combine([self._update(step, lr, update, poison, prepared.figures if k == 0 else None)
                                    for k, update in enumerate(prepared.updates)])

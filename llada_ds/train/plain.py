@@ -19,6 +19,7 @@ import torch
 from ..data.batch import MicroBatch
 from ..diffusion import NoiseConfig, Objective, Prepared, PretrainObjective, StepStats
 from ..diffusion.noise import EVAL_STEP
+from ..errors import DataError
 from ..model import ModelConfig, build_model
 
 
@@ -40,6 +41,8 @@ def train_plain(model: torch.nn.Module, objective: Objective, batches: Callable[
         micro = batches(step)
         prepare = getattr(objective, "prepare", None)
         prepared = None if prepare is None else prepare(model, micro, step)
+        if prepared is not None and prepared.error:
+            raise DataError(prepared.error)
         updates = [micro] if prepared is None else prepared.updates
         step_losses, stats = [], StepStats.zeros() if prepared is None else prepared.figures
         for update in updates:

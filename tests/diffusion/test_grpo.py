@@ -182,6 +182,17 @@ def test_the_loss_equals_a_plain_reference_on_prepared_rollouts(tokenizer):
     assert float(stats0.extra["clip_fraction"][0]) == 0.0
 
 
+def test_a_failing_reward_function_is_reported_after_the_forwards(tokenizer):
+    def broken(prompt, completion, example):
+        return example["score"]
+
+    obj = GRPOObjective(tokenizer.special.mask, CFG.vocab_size, NoiseConfig(), tokenizer, broken,
+                        GRPOSettings(generations=2, beta=0.0), SAMPLER, 4)
+    prepared = obj.prepare(model(), [prompts(tokenizer, ["Copy: 1 2"], start=3)], step=0)
+    assert "reward function failed on global prompt 3, sample 0: KeyError('score')" in prepared.error
+    assert len(prepared.updates) == 1  # every forward ran: ranks stop together in the loop's check
+
+
 def test_settings_and_rewards_are_checked():
     with pytest.raises(ConfigError, match="grpo.generations"):
         GRPOSettings(generations=1)
