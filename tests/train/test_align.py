@@ -102,7 +102,11 @@ def plain(model, objective, batches, cfg, on_prepared=None) -> list[float]:
 @pytest.mark.timeout(600)
 def test_vrpo_on_two_zero3_ranks_matches_the_plain_loop(align, tmp_path):
     run = tmp_path / "run"
-    res = torchrun(align["vrpo"], run)
+    # Step 2 is made non-finite once: skipped, then the run reloads the step-2 checkpoint (at an
+    # unchanged learning rate) and computes step 2 again, as if nothing had happened.
+    res = torchrun(align["vrpo"], run, "--faults.nonfinite_steps=[2]", "--recovery.max_bad_steps=1",
+                   "--recovery.lr_factor=1.0")
+    assert "recovery 1: reloaded step-00000002" in res.stdout
     model, reference, cfg = starting_model(align["vrpo"])
     tok = Tokenizer.load(cfg.data.tokenizer)
     objective = VRPOObjective(tok.special.mask, cfg.model.build().vocab_size, NoiseConfig(), reference,
