@@ -157,7 +157,8 @@ class PreferenceBatches:
                 for chunk in chunks]
 
     def state(self, steps_done: int) -> DataState:
-        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint)
+        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
+                         self.global_batch)
 
-    def resume_step(self, state: DataState) -> int:
-        return state.resume_step(self.state(0), self.global_batch)
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
+        return state.resume_step(self.state(0), self.global_batch, saved_step)

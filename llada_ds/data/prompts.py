@@ -33,7 +33,7 @@ from .chat import encode_chat
 from .order import global_order
 from .shards import TokenizerInfo
 from .sft import read_table_cache, write_table_cache
-from .storage import LocalStorage
+from .storage import LocalStorage, open_storage
 from .tokenizer import Tokenizer
 
 TABLE = "prompts.npy"
@@ -106,7 +106,7 @@ class PromptData:
     def __init__(self, path: str, tokenizer_fingerprint: Optional[str] = None, verify: str = "full") -> None:
         self.shards, self.table, meta, self.fingerprint = read_table_cache(path, TABLE, META, "llada-ds prompt-data",
                                                                            tokenizer_fingerprint, verify)
-        storage = LocalStorage(path)
+        storage = open_storage(path)
         raw = storage.read_bytes(RECORDS)
         if hashlib.sha256(raw).hexdigest() != meta.get("records_sha256"):
             raise ShardError(f"{storage.describe(RECORDS)}: checksum mismatch")
@@ -162,7 +162,8 @@ class PromptBatches:
                             [self.data.records[r] for r in rows])]
 
     def state(self, steps_done: int) -> DataState:
-        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint)
+        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
+                         self.global_batch)
 
-    def resume_step(self, state: DataState) -> int:
-        return state.resume_step(self.state(0), self.global_batch)
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
+        return state.resume_step(self.state(0), self.global_batch, saved_step)

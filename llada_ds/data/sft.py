@@ -37,7 +37,7 @@ from .build import open_records, resolve_inputs, split_of
 from .chat import encode_chat
 from .order import global_order
 from .shards import ShardSet, TokenizerInfo, write_index, write_shard
-from .storage import LocalStorage
+from .storage import LocalStorage, open_storage
 from .tokenizer import Tokenizer
 
 PAIRS = "pairs.npy"
@@ -109,7 +109,7 @@ def read_table_cache(path: str, table_name: str, meta_name: str, builder: str,
                      verify: str = "full") -> tuple[ShardSet, np.ndarray, dict, str]:
     """(shards, table, metadata, fingerprint) of a split written by write_table_cache, checked;
     `builder` names the command that writes such a cache (for the error of a wrong directory)."""
-    storage = LocalStorage(path)
+    storage = open_storage(path)
     shards = ShardSet(storage, verify=verify, tokenizer_fingerprint=tokenizer_fingerprint)
     if not storage.exists(meta_name):
         raise ShardError(f"{storage.describe(meta_name)}: not the cache this run needs (build it with {builder})")
@@ -206,8 +206,9 @@ class SFTBatches:
                 for chunk in chunks]
 
     def state(self, steps_done: int) -> DataState:
-        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint)
+        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
+                         self.global_batch)
 
-    def resume_step(self, state: DataState) -> int:
-        return state.resume_step(self.state(0), self.global_batch)
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
+        return state.resume_step(self.state(0), self.global_batch, saved_step)
 

@@ -198,7 +198,8 @@ class GRPOObjective:
                     rewards.append(float("nan"))
                 rows.append((prompt, completion, min(length + 1, len(completion)), index * G + j))
                 if len(samples) < s.log_samples:
-                    samples.append({"step": step, "prompt_index": index, "sample": j, "prompt": text,
+                    # "step" counts from 1, as in metrics.jsonl: the optimizer step these rollouts feed
+                    samples.append({"step": step + 1, "prompt_index": index, "sample": j, "prompt": text,
                                     "completion": answer, "reward": rewards[-1]})
         r = torch.tensor(rewards, dtype=torch.float64)
         adv = group_advantages(r, G, s.scale_rewards)

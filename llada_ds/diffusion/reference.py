@@ -5,14 +5,14 @@ see it through one small interface: a callable with the model's forward signatur
 logits without tracking gradients. Two implementations:
 - `FrozenReference`: a second copy of the starting weights (full fine-tuning). The trainer builds
   it like the policy (under ZeRO-3 sharded by `zero.Init`, wrapped by DeepSpeed without an
-  optimizer: llada_ds/train/reference.py), so an 8B reference never exists whole on a rank.
-- `AdaptersDisabled`: with LoRA, the policy itself with its adapters switched off (peft's
-  `disable_adapter()` context), which costs no memory at all.
+  optimizer: llada_ds/train/alignment.py), so an 8B reference never exists whole on a rank.
+- `AdaptersDisabled`: with LoRA, the policy itself with its adapters switched off for the
+  forward (the trainer passes llada_ds/lora.py's `adapters_disabled`), which costs no memory.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, ContextManager, Protocol
 
 import torch
 
@@ -37,15 +37,16 @@ class FrozenReference:
 
 
 class AdaptersDisabled:
-    """The policy with its LoRA adapters switched off (a peft model, or an engine wrapping one)."""
+    """The policy with its LoRA adapters switched off: `switch_off(policy)` is a context manager
+    that disables them for its duration and restores them (and their requires_grad flags) after,
+    e.g. llada_ds.lora.adapters_disabled, or a peft model's own `disable_adapter()`. The policy may
+    be a DeepSpeed engine: under ZeRO-3 its forward gathers the shards as for the policy's own."""
 
-    def __init__(self, policy: torch.nn.Module) -> None:
+    def __init__(self, policy: torch.nn.Module, switch_off: Callable[[torch.nn.Module], ContextManager]) -> None:
         self.policy = policy
-        self.peft_model = getattr(policy, "module", policy)  # a DeepSpeed engine keeps the model as .module
-        if not hasattr(self.peft_model, "disable_adapter"):
-            raise TypeError("AdaptersDisabled needs a peft model (one with disable_adapter()); use FrozenReference")
+        self.switch_off = switch_off
 
     @torch.no_grad()
     def __call__(self, input_ids, doc_ids=None, logits_mask=None) -> torch.Tensor:
-        with self.peft_model.disable_adapter():
+        with self.switch_off(self.policy):
             return self.policy(input_ids, doc_ids=doc_ids, logits_mask=logits_mask)

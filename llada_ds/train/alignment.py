@@ -7,7 +7,8 @@ exists whole on a rank) and wrapped by DeepSpeed without an optimizer, which ins
 parameter gathering for its forwards; rank 0 reads the weights and scatters them parameter by
 parameter (checkpoint.py: scatter_weights), as train.init_from does for the policy. A run resumed
 from a checkpoint rebuilds it from the same weights. With LoRA the reference is the policy with
-its adapters switched off (diffusion/reference.py: AdaptersDisabled) and needs no copy.
+its adapters switched off (diffusion/reference.py: AdaptersDisabled, through lora.py's
+adapters_disabled) and needs no copy, unless objective.reference names other weights.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from ..diffusion.fast_sampler import FastConfig
 from ..diffusion.grpo import GRPOObjective, GRPOSettings
 from ..diffusion.masking import NoiseConfig
 from ..diffusion.preference import VRPOObjective
-from ..diffusion.reference import FrozenReference, Reference
+from ..diffusion.reference import AdaptersDisabled, FrozenReference, Reference
 from ..diffusion.sampler import SamplerConfig
 from ..errors import ConfigError, TrainingError
 from ..evaluation import Evaluator, validation_noise
+from ..lora import adapters_disabled
 from ..model import LLaDAModel, ModelConfig
 from ..rewards import load_reward
 from ..weights import check_compatible, find_weights
@@ -72,9 +74,12 @@ def build_reference(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict, dis
 
 def make_alignment(cfg: RunConfig, tokenizer: Tokenizer, engine, ds_config: dict, dist: DistInfo, validation,
                    reference: Optional[Reference] = None) -> tuple[object, Optional[Evaluator]]:
-    """(objective, evaluator or None) of a vrpo or grpo run. `reference`: given when the policy
-    brings its own (LoRA: AdaptersDisabled); otherwise a frozen copy is built when one is needed."""
+    """(objective, evaluator or None) of a vrpo or grpo run. The reference: `reference` if given;
+    with LoRA (and no objective.reference) the policy with its adapters disabled; otherwise a
+    frozen copy, built only when the objective needs one."""
     o, model_cfg = cfg.objective, cfg.model.build()
+    if reference is None and cfg.lora.spec() is not None and not o.reference:
+        reference = AdaptersDisabled(engine, adapters_disabled)  # the frozen base is train.init_from
     noise = NoiseConfig(o.noise_seed, o.eps, o.random_length_prob)
     mask_id, vocab = tokenizer.special.mask, model_cfg.vocab_size
     if o.kind == "vrpo":

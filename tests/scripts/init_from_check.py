@@ -1,4 +1,8 @@
-"""Run under torchrun by tests/test_train.py: --train.init_from a given (not latest) checkpoint."""
+"""Run under torchrun by tests/train/test_training.py: --train.init_from a given (not latest) checkpoint.
+
+Prints whether the engine holds exactly the requested weights, and how far one training step moved
+them: AdamW's first update moves each weight by at most lr (plus decoupled weight decay), so a
+larger move means the step started from other weights (e.g. a stale fp32 master copy)."""
 
 import json
 import sys
@@ -27,17 +31,27 @@ def main():
     params = dict(trainer.engine.module.named_parameters())
     with deepspeed.zero.GatheredParameters(list(params.values())):
         loaded = {n: p.detach().clone() for n, p in params.items()}
-    if dist.is_main and (ckpt / "config.json").is_file():  # a Hugging Face folder in LLaDA's layout
+    if (ckpt / "config.json").is_file():  # a Hugging Face folder in LLaDA's layout
+        if not dist.is_main:
+            return
         want = load_hf_folder(ckpt)[0].state_dict()
         print(json.dumps({"matches_requested": all(torch.equal(loaded[n], want[n]) for n in loaded),
                           "step": trainer.state.step}))
-    elif dist.is_main:
-        want = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+        return
+    want = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name) if dist.is_main else None
+    result = trainer.train_step(0)
+    with deepspeed.zero.GatheredParameters(list(params.values())):
+        after = {n: p.detach().clone() for n, p in params.items()}
+    if dist.is_main:
         latest = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent))  # what `latest` names
+        moved = max((after[n] - want[n]).abs().max().item() for n in after)
+        largest = max(want[n].abs().max().item() for n in want)
         print(json.dumps({
             "matches_requested": all(torch.equal(loaded[n], want[n]) for n in loaded),
             "matches_latest": all(torch.equal(loaded[n], latest[n]) for n in loaded),
             "step": trainer.state.step,
+            "first_step_moved": moved,
+            "first_step_bound": result.lr * (1 + cfg.optim.weight_decay * largest) * 1.001 + 1e-7,
         }))
 
 

@@ -26,8 +26,9 @@ from llada_ds.data.tokenizer import Tokenizer
 from llada_ds.diffusion.grpo import GRPOObjective, GRPOSettings
 from llada_ds.diffusion.masking import NoiseConfig
 from llada_ds.diffusion.preference import VRPOObjective
-from llada_ds.diffusion.reference import FrozenReference
+from llada_ds.diffusion.reference import AdaptersDisabled, FrozenReference
 from llada_ds.diffusion.sampler import SamplerConfig
+from llada_ds.lora import adapters_disabled, inject_lora
 from llada_ds.model import LLaDAModel
 from llada_ds.rewards import exact_match
 from llada_ds.train.optim import adamw
@@ -102,9 +103,9 @@ def plain(model, objective, batches, cfg, on_prepared=None) -> list[float]:
 @pytest.mark.timeout(600)
 def test_vrpo_on_two_zero3_ranks_matches_the_plain_loop(align, tmp_path):
     run = tmp_path / "run"
-    # Step 2 is made non-finite once: skipped, then the run reloads the step-2 checkpoint (at an
-    # unchanged learning rate) and computes step 2 again, as if nothing had happened.
-    res = torchrun(align["vrpo"], run, "--faults.nonfinite_steps=[2]", "--recovery.max_bad_steps=1",
+    # Step 3 is made non-finite once: skipped, then the run reloads the step-2 checkpoint (at an
+    # unchanged learning rate) and computes step 3 again, as if nothing had happened.
+    res = torchrun(align["vrpo"], run, "--faults.nonfinite_steps=[3]", "--recovery.max_bad_steps=1",
                    "--recovery.lr_factor=1.0")
     assert "recovery 1: reloaded step-00000002" in res.stdout
     model, reference, cfg = starting_model(align["vrpo"])
@@ -114,10 +115,10 @@ def test_vrpo_on_two_zero3_ranks_matches_the_plain_loop(align, tmp_path):
     batches = PreferenceBatches(PreferenceData(cfg.data.train), cfg.train.global_batch, cfg.train.micro_batch,
                                 cfg.data.seed, cfg.data.seq_len)
     want = plain(model, objective, batches.step, cfg)
-    got = step_losses(run)
-    assert sorted(got) == list(range(cfg.train.steps))
+    got = step_losses(run)  # metrics.jsonl counts steps from 1, the plain loop's list from 0
+    assert sorted(got) == list(range(1, cfg.train.steps + 1))
     for step in range(cfg.train.steps):
-        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step], want[step])
+        assert got[step + 1] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step + 1], want[step])
     assert want[-1] < want[0]
     records = [r for r in metrics(run) if "loss" in r]
     assert {"pref_accuracy", "pref_margin", "chosen_reward", "rejected_reward"} <= set(records[-1])
@@ -152,24 +153,25 @@ def test_grpo_on_two_zero3_ranks_matches_the_plain_loop_and_its_rollouts(align, 
                             cfg.data.seed, cfg.data.seq_len, g.gen_length)
     prepared = {}
     want = plain(model, objective, batches.step, cfg, on_prepared=lambda s, p: prepared.setdefault(s, p))
-    got = step_losses(grpo_run)
+    got = step_losses(grpo_run)  # metrics.jsonl and rollouts.jsonl count steps from 1
+    assert sorted(got) == list(range(1, cfg.train.steps + 1))
     for step in range(cfg.train.steps):
-        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step], want[step])
+        assert got[step + 1] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step + 1], want[step])
     # Rank 0 of 2 samples the first half of each step's prompts: the very completions the single
     # process sampled for them.
     per_step = cfg.train.global_batch // 2
     ranked = rollouts(grpo_run)
     assert len(ranked) == cfg.train.steps * per_step
     for step in range(cfg.train.steps):
-        mine = [r for r in ranked if r["step"] == step]
+        mine = [r for r in ranked if r["step"] == step + 1]
         assert [(r["prompt_index"], r["completion"], r["reward"]) for r in mine] == \
             [(r["prompt_index"], r["completion"], r["reward"]) for r in prepared[step].samples[:per_step]]
     records = {r["step"]: r for r in metrics(grpo_run) if "loss" in r}
     for step, p in prepared.items():
         total, count = p.figures.extra["reward"].tolist()
-        assert records[step]["reward"] == pytest.approx(total / count)
+        assert records[step + 1]["reward"] == pytest.approx(total / count)
         for key in ("reward_std", "kl", "clip_fraction", "completion_length", "advantage_abs"):
-            assert key in records[step]
+            assert key in records[step + 1]
     assert any(r["reward"] > 0 for r in ranked) or all(r["advantage"] == 0 for r in ranked)
 
 
@@ -180,3 +182,30 @@ def test_grpo_stop_and_resume_reproduce_rollouts_and_losses_bitwise(align, grpo_
     torchrun(align["grpo"], run, "--resume", "auto")
     assert step_losses(run) == step_losses(grpo_run)
     assert rollouts(run) == rollouts(grpo_run)
+
+
+@pytest.mark.timeout(600)
+def test_lora_vrpo_on_two_zero3_ranks_has_the_adapter_free_policy_as_reference(align, tmp_path):
+    """With LoRA the reference is the policy with its adapters disabled (no second model): 2 ZeRO-3
+    ranks against the plain loop on the same adapted model with AdaptersDisabled."""
+    run = tmp_path / "run"
+    lora = ["--lora.rank=4", "--lora.alpha=8", "--lora.targets=[q_proj,v_proj,ff_out]", "--optim.lr=1e-2"]
+    res = torchrun(align["vrpo"], run, *lora)
+    assert "trainable: LoRA adapters" in res.stdout
+    cfg = load_run_config(str(align["vrpo"]), lora)
+    model, _, _ = starting_model(align["vrpo"])
+    inject_lora(model, cfg.lora.spec(), cfg.train.seed)  # what the engine does, with the same seed
+    tok = Tokenizer.load(cfg.data.tokenizer)
+    objective = VRPOObjective(tok.special.mask, cfg.model.build().vocab_size, NoiseConfig(),
+                              AdaptersDisabled(model, adapters_disabled), cfg.vrpo.beta, cfg.vrpo.mc_samples)
+    batches = PreferenceBatches(PreferenceData(cfg.data.train), cfg.train.global_batch, cfg.train.micro_batch,
+                                cfg.data.seed, cfg.data.seq_len)
+    want = plain(model, objective, batches.step, cfg)
+    got = step_losses(run)
+    assert sorted(got) == list(range(1, cfg.train.steps + 1))
+    for step in range(cfg.train.steps):
+        assert got[step + 1] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step + 1], want[step])
+    assert want[-1] < want[0]  # the adapters moved the policy away from its reference
+    records = [r for r in metrics(run) if "loss" in r]
+    assert records[0]["pref_margin"] == pytest.approx(0.0, abs=1e-6)  # peft starts B at zero: policy = reference
+    assert abs(records[-1]["pref_margin"]) > 1e-3

@@ -8,6 +8,7 @@ from llada_ds.config import ConfigError, load_run_config
 from llada_ds.data.tokenizer import Tokenizer
 from llada_ds.train.alignment import build_reference, reference_ds_config
 from llada_ds.train.distributed import DistInfo
+from llada_ds.train.preflight import check_run
 from llada_ds.train.ray_job import allowed_world_sizes
 
 
@@ -39,3 +40,13 @@ def test_a_reference_needs_weights_and_drops_the_optimizer(recipe):
           "zero_allow_untested_optimizer": True, "bf16": {"enabled": True}}
     assert reference_ds_config(ds) == {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}
     assert "optimizer" in ds  # the policy's own config is left alone
+
+
+def test_preflight_names_the_cache_each_alignment_objective_needs(recipe, tmp_path):
+    # the recipe's data is a shard set: neither a preference nor a prompt cache
+    for kind, message in (("vrpo", "is not a preference cache (build one with llada-ds pref-data)"),
+                          ("grpo", "is not a prompt cache (build one with llada-ds prompt-data)")):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_run(load_run_config(str(recipe), [f"--objective.kind={kind}"]))
+    with pytest.raises(ConfigError, match="objective.reference=.*nowhere: no such file or directory"):
+        check_run(load_run_config(str(recipe), [f"--objective.reference={tmp_path / 'nowhere'}"]))
