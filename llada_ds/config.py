@@ -47,8 +47,9 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    train: str = setting("", "training data: a shard set (llada-ds tokenize OUT/train) or an SFT cache "
-                             "(llada-ds sft-data OUT/train); a directory or an object-store URI (s3://, gs://)")
+    train: str = setting("", "training data: a shard set (llada-ds tokenize OUT/train), an SFT cache "
+                             "(llada-ds sft-data OUT/train), a preference cache (pref-data, vrpo) or a prompt cache "
+                             "(prompt-data, grpo); a directory or an object-store URI (s3://, gs://)")
     validation: str = setting("", "validation data of the same kind (optional)")
     tokenizer: str = setting("", "tokenizer folder (or URI); its fingerprint must match the data's")
     seq_len: int = setting(4096, "tokens per training sequence (SFT: the longest pair)")
