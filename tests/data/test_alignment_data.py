@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from llada_ds.cli import main as llada_ds
+from llada_ds.data.batch import DataState
 from llada_ds.data.chat import encode_chat
 from llada_ds.data.preference import PreferenceBatches, PreferenceData, build_preference_cache
 from llada_ds.data.prompts import RECORDS, PromptBatches, PromptData, build_prompt_cache
 from llada_ds.data.tokenizer import Tokenizer
-from llada_ds.errors import BatchSplitError, DataError, ShardError
+from llada_ds.errors import BatchSplitError, DataError, DataStateError, ShardError
 
 
 def pairs(n: int = 30) -> list[dict]:
@@ -120,3 +121,16 @@ def test_prompt_batches_split_whole_prompts_over_ranks(sp_tokenizer, tmp_path):
     with pytest.raises(DataError, match="grpo.gen_length"):
         PromptBatches(data, 16, 4, 4, seed=1, seq_len=30, gen_length=16)
     assert np.all(data.table[:, 2] > 0)
+
+
+def test_a_resume_continues_where_the_data_stopped_and_refuses_another_global_batch(sp_tokenizer, tmp_path):
+    build_preference_cache([write(tmp_path / "p.jsonl", pairs())], str(sp_tokenizer), str(tmp_path / "pref"), 0.1)
+    build_prompt_cache([write(tmp_path / "q.jsonl", prompts())], str(sp_tokenizer), str(tmp_path / "prompts"))
+    pref = PreferenceData(str(tmp_path / "pref" / "train"))
+    prompt_data = PromptData(str(tmp_path / "prompts" / "train"))
+    for make in (lambda batch: PreferenceBatches(pref, batch, 2, seed=3, seq_len=64),
+                 lambda batch: PromptBatches(prompt_data, batch, 4, 4, seed=1, seq_len=64, gen_length=8)):
+        saved = DataState.from_dict(make(8).state(5).to_dict())  # as stored in a checkpoint after 5 steps
+        assert saved.global_batch == 8 and make(8).resume_step(saved, 5) == 5
+        with pytest.raises(DataStateError, match="train.global_batch=8"):
+            make(16).resume_step(saved, 5)
