@@ -301,6 +301,23 @@ def _cmd_sft_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pref_data(args: argparse.Namespace) -> int:
+    from .data.preference import build_preference_cache
+
+    counts = build_preference_cache(args.input, args.tokenizer, args.out, args.val_fraction, args.split_seed,
+                                    args.max_len)
+    print(", ".join(f"{split}: {n:,} preference pairs" for split, n in counts.items()) + f" in {args.out}")
+    return 0
+
+
+def _cmd_prompt_data(args: argparse.Namespace) -> int:
+    from .data.prompts import build_prompt_cache
+
+    counts = build_prompt_cache(args.input, args.tokenizer, args.out, args.val_fraction, args.split_seed, args.max_len)
+    print(", ".join(f"{split}: {n:,} prompts" for split, n in counts.items()) + f" in {args.out}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if "-h" in rest or "--help" in rest:
         from .train.preflight import parse_train_args
@@ -448,6 +465,26 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--split-seed", type=int, default=0)
     sft.add_argument("--max-len", type=int, default=4096)
     sft.set_defaults(func=_cmd_sft_data)
+
+    pref = sub.add_parser("pref-data", help="tokenize preference pairs ({prompt | messages, chosen, rejected}) into "
+                                            "train/validation caches (objective.kind=vrpo)")
+    pref.add_argument("--input", nargs="+", required=True)
+    pref.add_argument("--tokenizer", required=True)
+    pref.add_argument("--out", required=True)
+    pref.add_argument("--val-fraction", type=float, default=0.02)
+    pref.add_argument("--split-seed", type=int, default=0)
+    pref.add_argument("--max-len", type=int, default=4096)
+    pref.set_defaults(func=_cmd_pref_data)
+
+    prompts = sub.add_parser("prompt-data", help="tokenize prompts ({prompt | messages, answer?, ...}) into a cache "
+                                                 "for RL (objective.kind=grpo)")
+    prompts.add_argument("--input", nargs="+", required=True)
+    prompts.add_argument("--tokenizer", required=True)
+    prompts.add_argument("--out", required=True)
+    prompts.add_argument("--val-fraction", type=float, default=0.0, help="default 0: train split only")
+    prompts.add_argument("--split-seed", type=int, default=0)
+    prompts.add_argument("--max-len", type=int, default=4096)
+    prompts.set_defaults(func=_cmd_prompt_data)
 
     imp = sub.add_parser("import", help="a Hugging Face folder in LLaDA's released layout -> a llada-ds checkpoint")
     imp.add_argument("hf_dir")

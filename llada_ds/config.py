@@ -47,8 +47,9 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    train: str = setting("", "training data: a shard set (llada-ds tokenize OUT/train) or an SFT cache "
-                             "(llada-ds sft-data OUT/train); a directory or an object-store URI (s3://, gs://)")
+    train: str = setting("", "training data: a shard set (llada-ds tokenize OUT/train), an SFT cache "
+                             "(llada-ds sft-data OUT/train), a preference cache (pref-data, vrpo) or a prompt cache "
+                             "(prompt-data, grpo); a directory or an object-store URI (s3://, gs://)")
     validation: str = setting("", "validation data of the same kind (optional)")
     tokenizer: str = setting("", "tokenizer folder (or URI); its fingerprint must match the data's")
     seq_len: int = setting(4096, "tokens per training sequence (SFT: the longest pair)")
@@ -63,10 +64,49 @@ class DataSection:
 
 @dataclass
 class ObjectiveSection:
-    kind: str = setting("pretrain", "pretrain | sft | ar (the autoregressive baseline: causal, next token)")
+    kind: str = setting("pretrain", "pretrain | sft | ar (the autoregressive baseline: causal, next token) | "
+                                    "vrpo (preference optimisation, section vrpo) | grpo (RL with verifiable rewards, "
+                                    "section grpo)")
     eps: float = setting(1e-3, "minimum masking probability: p = (1 - eps) t + eps")
     random_length_prob: float = setting(0.01, "share of pre-training steps cut to a random length")
     noise_seed: int = setting(0, "seed of the diffusion noise (counter-based: keyed by step and sample)")
+    reference: str = setting("", "vrpo, grpo: the frozen reference model's weights (a checkpoint or a Hugging Face "
+                                 "folder); default train.init_from, the model the run starts from (with LoRA: the "
+                                 "policy with its adapters disabled)")
+
+
+@dataclass
+class VRPOSection:
+    """Variance-reduced preference optimisation (LLaDA 1.5): DPO on ELBO estimates."""
+
+    beta: float = setting(0.1, "DPO's beta")
+    mc_samples: int = setting(8, "Monte Carlo samples per ELBO estimate, each on its own timestep with one mask")
+    antithetic: bool = setting(True, "the same timesteps and masks for the policy and the reference "
+                                     "(false: independent, the naive estimator)")
+
+
+@dataclass
+class GRPOSection:
+    """diffu-GRPO (d1): rollouts with the sampler, group-relative advantages, clipped updates.
+    Defaults: d1's published training settings."""
+
+    reward: str = setting("llada_ds.rewards:exact_match", "reward as module:function, called (prompt, completion, "
+                                                          "example) -> float")
+    generations: int = setting(6, "G: completions per prompt (train.global_batch counts completions)")
+    updates: int = setting(12, "mu: optimizer updates per batch of rollouts (one train step)")
+    clip: float = setting(0.5, "epsilon of the clipped ratio")
+    beta: float = setting(0.04, "KL penalty to the reference (0: no reference model)")
+    prompt_mask_prob: float = setting(0.15, "prompt tokens masked in the log-probability estimate")
+    loss: str = setting("clip", "clip (diffu-GRPO) | wd1 (ratio-free, no reference)")
+    scale_rewards: bool = setting(False, "advantages divided by the group's reward std (GRPO) or not (d1)")
+    sampler: str = setting("exact", "rollout sampler: exact | fast (key/value cache, grpo.cache)")
+    cache: str = setting("dual", "prefix | dual, with sampler fast")
+    gen_length: int = setting(256, "completion tokens sampled per rollout")
+    steps: int = setting(128, "sampler steps per rollout")
+    block_length: int = setting(32, "semi-autoregressive block length of the sampler")
+    temperature: float = setting(0.9, "sampling temperature of the rollouts")
+    remasking: str = setting("low_confidence", "low_confidence | random")
+    log_samples: int = setting(4, "completions per step written to RUN_DIR/rollouts.jsonl")
 
 
 @dataclass
@@ -167,6 +207,8 @@ class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    vrpo: VRPOSection = field(default_factory=VRPOSection)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -193,8 +235,8 @@ class RunConfig:
              "must be full, header or auto"),
             (self.data.prefetch_steps >= 0, "data.prefetch_steps", self.data.prefetch_steps, "must be >= 0"),
             (self.data.cache_mb >= 0, "data.cache_mb", self.data.cache_mb, "must be >= 0"),
-            (self.objective.kind in ("pretrain", "sft", "ar"), "objective.kind", self.objective.kind,
-             "must be pretrain, sft or ar"),
+            (self.objective.kind in ("pretrain", "sft", "ar", "vrpo", "grpo"), "objective.kind", self.objective.kind,
+             "must be pretrain, sft, ar, vrpo or grpo"),
             (0 < self.objective.eps < 1, "objective.eps", self.objective.eps, "must be in (0, 1)"),
             (self.optim.lr > 0, "optim.lr", self.optim.lr, "must be positive"),
             (len(self.optim.betas) == 2, "optim.betas", self.optim.betas, "must be two numbers"),

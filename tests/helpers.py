@@ -73,3 +73,20 @@ def dialogues(n: int = 40) -> list[dict]:
                       {"role": "assistant", "content": f"{a + b}" + " indeed" * int(rng.integers(0, 6))}]
         out.append({"messages": turns})
     return out
+
+
+def weights_checkpoint(model, tokenizer_dir: Path, out: Path) -> Path:
+    """A plain model's weights as a llada-ds weights checkpoint (the layout `llada-ds import` writes),
+    for --train.init_from and --objective.reference."""
+    from safetensors.torch import save_file
+
+    from llada_ds.data.tokenizer import Tokenizer
+    from llada_ds.weights import IMPORTED_WEIGHTS, RUN_STATE
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / IMPORTED_WEIGHTS))
+    state = {"step": 0, "model": model.config.to_dict(), "tokenizer": Tokenizer.load(tokenizer_dir).fingerprint,
+             "tokens_seen": 0, "data": {"data_fingerprint": "test"},
+             "config": {"data": {"tokenizer": str(tokenizer_dir)}}}
+    (out / RUN_STATE).write_text(json.dumps(state))
+    return out

@@ -83,40 +83,55 @@ def build_sft_cache(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fra
     for split in ("train", "validation"):
         if not rows[split]:
             raise DataError(f"SFT split {split} received no pairs (val_fraction {val_fraction})")
-        storage = LocalStorage(out / split)
         table = np.asarray(rows[split], dtype=np.int64)
-        shard = write_shard(storage, 0, np.concatenate(tokens[split]), len(rows[split]))
-        buf = io.BytesIO()
-        np.save(buf, table)
-        storage.write_atomic(PAIRS, buf.getvalue())
-        storage.write_atomic(META, (json.dumps({"kind": "sft", "pairs": len(table), "dialogues":
-                                                int(len(np.unique(table[:, 0]))),
-                                                "pairs_sha256": hashlib.sha256(buf.getvalue()).hexdigest()})
-                                    + "\n").encode())
-        write_index(storage, info, [shard])
+        write_table_cache(LocalStorage(out / split), info, table, tokens[split], PAIRS, META,
+                          {"kind": "sft", "pairs": len(table), "dialogues": int(len(np.unique(table[:, 0])))})
         result[split] = len(table)
     return result
+
+
+def write_table_cache(storage: LocalStorage, info: TokenizerInfo, table: np.ndarray, tokens: list[np.ndarray],
+                      table_name: str, meta_name: str, meta: dict) -> None:
+    """One split of a tokenized cache: the samples' tokens as one shard (one "document" per
+    sample), an int64 table locating them, and a metadata file carrying the table's checksum.
+    The index is written last, so a split with an index is complete."""
+    shard = write_shard(storage, 0, np.concatenate(tokens), len(table))
+    buf = io.BytesIO()
+    np.save(buf, table)
+    storage.write_atomic(table_name, buf.getvalue())
+    storage.write_atomic(meta_name, (json.dumps({**meta, "pairs_sha256": hashlib.sha256(buf.getvalue()).hexdigest()})
+                                     + "\n").encode())
+    write_index(storage, info, [shard])
+
+
+def read_table_cache(path: str, table_name: str, meta_name: str, builder: str,
+                     tokenizer_fingerprint: Optional[str] = None,
+                     verify: str = "full") -> tuple[ShardSet, np.ndarray, dict, str]:
+    """(shards, table, metadata, fingerprint) of a split written by write_table_cache, checked;
+    `builder` names the command that writes such a cache (for the error of a wrong directory)."""
+    storage = open_storage(path)
+    shards = ShardSet(storage, verify=verify, tokenizer_fingerprint=tokenizer_fingerprint)
+    if not storage.exists(meta_name):
+        raise ShardError(f"{storage.describe(meta_name)}: not the cache this run needs (build it with {builder})")
+    meta = json.loads(storage.read_bytes(meta_name))
+    raw = storage.read_bytes(table_name)
+    if hashlib.sha256(raw).hexdigest() != meta["pairs_sha256"]:
+        raise ShardError(f"{storage.describe(table_name)}: checksum mismatch")
+    fingerprint = hashlib.sha256((shards.index.fingerprint + meta["pairs_sha256"]).encode()).hexdigest()[:16]
+    return shards, np.load(io.BytesIO(raw)), meta, fingerprint
 
 
 class SFTData:
     """One split of an SFT cache: pairs grouped by dialogue, read from the token shards."""
 
     def __init__(self, path: str, tokenizer_fingerprint: Optional[str] = None, verify: str = "full") -> None:
-        self.storage = open_storage(path)
-        self.shards = ShardSet(self.storage, verify=verify, tokenizer_fingerprint=tokenizer_fingerprint)
-        if not self.storage.exists(META):
-            raise ShardError(f"{self.storage.describe(META)}: not an SFT cache (build it with llada-ds sft-data)")
-        meta = json.loads(self.storage.read_bytes(META))
-        raw = self.storage.read_bytes(PAIRS)
-        if hashlib.sha256(raw).hexdigest() != meta["pairs_sha256"]:
-            raise ShardError(f"{self.storage.describe(PAIRS)}: checksum mismatch")
-        self.table = np.load(io.BytesIO(raw))
+        self.shards, self.table, _, self.fingerprint = read_table_cache(path, PAIRS, META, "llada-ds sft-data",
+                                                                        tokenizer_fingerprint, verify)
         dialogues, starts = np.unique(self.table[:, 0], return_index=True)
         self.dialogue_start = starts
         self.dialogue_count = np.diff(np.append(starts, len(self.table)))
         self.n_dialogues = len(dialogues)
         self.eos = self.shards.eos_id
-        self.fingerprint = hashlib.sha256((self.shards.index.fingerprint + meta["pairs_sha256"]).encode()).hexdigest()[:16]
 
     def pairs_for(self, indices: np.ndarray, seed: int) -> np.ndarray:
         """The pairs (rows of the table) global samples `indices` train on: sample g takes dialogue
@@ -148,6 +163,15 @@ class SFTData:
             yield pad_micro_batch([self.sample(r) for r in chunk], chunk, self.eos, seq_len)
 
 
+def sorted_chunks(indices: list[int], lengths: list[int], micro_batch: int, rank: int, world: int) -> list[list[int]]:
+    """Rank `rank`'s micro-batches of a global batch, as positions in it: the samples sorted by
+    (length, global index), cut into micro-batches of `micro_batch`, dealt round-robin to the
+    ranks, so that the micro-batches themselves do not depend on the number of ranks."""
+    order = sorted(range(len(indices)), key=lambda i: (lengths[i], indices[i]))
+    chunks = [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
+    return chunks[rank::world]
+
+
 def pad_micro_batch(samples: list[tuple[np.ndarray, int]], indices: list[int], eos: int,
                     seq_len: int) -> MicroBatch:
     """(tokens, prompt length) samples -> one micro-batch, EOS-padded to its longest (at most seq_len)."""
@@ -176,12 +200,10 @@ class SFTBatches:
     def step(self, step: int) -> list[MicroBatch]:
         indices = list(range(step * self.global_batch, (step + 1) * self.global_batch))
         rows = self.data.pairs_for(np.array(indices), self.seed).tolist()  # one vectorised lookup per step
-        lengths = self.data.table[rows, 3].tolist()
-        order = sorted(range(len(indices)), key=lambda i: (lengths[i], indices[i]))
-        chunks = [order[i : i + self.micro_batch] for i in range(0, len(order), self.micro_batch)]
+        chunks = sorted_chunks(indices, self.data.table[rows, 3].tolist(), self.micro_batch, self.rank, self.world)
         return [pad_micro_batch([self.data.sample(rows[i]) for i in chunk], [indices[i] for i in chunk],
                                 self.data.eos, self.seq_len)
-                for chunk in chunks[self.rank :: self.world]]
+                for chunk in chunks]
 
     def state(self, steps_done: int) -> DataState:
         return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,

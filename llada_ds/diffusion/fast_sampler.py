@@ -34,7 +34,7 @@ import torch
 from ..errors import ConfigError
 from ..model.kv_cache import KVCache, cache_backend, inference_context
 from ..model.transformer import LLaDAModel
-from .sampler import SamplerConfig, SpecialTokens, canvas, denoise_step, guided_logits, reveal_counts
+from .sampler import SamplerConfig, SpecialTokens, canvas, denoise_step, guided_logits, reveal_counts, unwrap
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class FastConfig:
 def generate_fast(model: LLaDAModel, prompts: Sequence[Sequence[int]] | torch.Tensor, cfg: SamplerConfig,
                   tokens: SpecialTokens, fast: FastConfig = FastConfig(),
                   on_step: Optional[Callable[[int, torch.Tensor], None]] = None) -> tuple[torch.Tensor, int]:
-    """(generated tokens (batch, gen_length), number of model forwards)."""
-    if not isinstance(model, LLaDAModel):
+    """(generated tokens (batch, gen_length), number of model forwards). model: our model, or a
+    DeepSpeed engine or peft model wrapping it."""
+    if not isinstance(unwrap(model), LLaDAModel):
         raise TypeError("the fast sampler needs llada_ds's model (it reads and feeds its key/value cache)")
     if cfg.cfg_scale > 0 and fast.cache != "none":
         raise ConfigError(f"classifier-free guidance (cfg_scale={cfg.cfg_scale}) is not supported with a "
@@ -64,7 +65,7 @@ def generate_fast(model: LLaDAModel, prompts: Sequence[Sequence[int]] | torch.Te
     x, valid, p_len = canvas(prompts, cfg.gen_length, tokens, device)
     total = x.shape[1]
     # Every call of this sampler may carry a key mask (padding), which flash-attn cannot take.
-    attention = cache_backend(model.config.attention)
+    attention = cache_backend(unwrap(model).config.attention)
 
     def full(collect: Optional[list]):
         """(tokens, valid) -> logits of a whole-canvas forward, collecting keys/values if asked."""

@@ -36,6 +36,10 @@ from ..keys import noise_key  # noqa: F401  (re-exported: part of the noise API)
 # Stream ids keep independent uses of the same (step, index) apart.
 STREAM_MASK = 1  # t and the token mask of a sample
 STREAM_LENGTH = 2  # the per-step random-length cut
+STREAM_PREFERENCE = 3  # VRPO: the masked count and positions of each Monte Carlo sample of an answer
+STREAM_ROLLOUT = 4  # GRPO: the sampler's seed for one prompt's group of completions
+STREAM_PROMPT_MASK = 5  # diffu-GRPO: which prompt tokens a log-probability estimate masks
+STREAM_REFERENCE = 6  # VRPO without antithetic sampling: the reference's own, independent draws
 
 # Evaluation noise uses this step: far beyond any training step, so validation losses are
 # computed on fixed draws that training never sees.
@@ -75,6 +79,30 @@ def draw_masks(
     p_mask = (1 - eps) * ts + eps
     masked = uniforms < p_mask[:, None]
     return MaskDraw(ts.to(device), p_mask.to(device), masked.to(device))
+
+
+def draw_answer_masks(seed: int, stream: int, step: int, keys: Sequence[int], answer_lengths: Sequence[int],
+                      masks_per_key: int = 1) -> list[np.ndarray]:
+    """Per key: a count l ~ U{1..L} for an answer of L tokens, then `masks_per_key` independent sets
+    of l of its L positions, each drawn uniformly without replacement (the draw of LLaDA's likelihood
+    estimator, docs/llada.md section 7): a (masks_per_key, L) bool array per key. A key's draw
+    depends only on (seed, stream, step, key, L)."""
+    out = []
+    for key, length in zip(keys, answer_lengths):
+        g = generator(seed, stream, step, int(key))
+        count = int(g.integers(1, int(length) + 1))
+        masks = np.zeros((masks_per_key, int(length)), dtype=bool)
+        for k in range(masks_per_key):
+            masks[k, g.permutation(int(length))[:count]] = True
+        out.append(masks)
+    return out
+
+
+def draw_token_masks(seed: int, stream: int, step: int, keys: Sequence[int], lengths: Sequence[int],
+                     probability: float) -> list[np.ndarray]:
+    """Per key: each of `length` positions masked independently with the given probability."""
+    return [generator(seed, stream, step, int(key)).random(int(length), dtype=np.float32) < probability
+            for key, length in zip(keys, lengths)]
 
 
 def draw_random_length(seed: int, step: int, seq_len: int, probability: float) -> int:

@@ -11,7 +11,8 @@ An objective owns the forward process and the loss of one way of training the ma
 - `AutoregressiveObjective`: the baseline of the paper's comparisons, the same network with a
   causal mask and next-token loss.
 The training loop, the evaluator and the plain reference loop only ever call `loss`; objectives
-added later (preference optimisation, RL) implement the same method.
+added later implement the same method (preference optimisation: diffusion/preference.py; RL:
+diffusion/grpo.py, which also prepares each step's batch, see `Objective`).
 
 The figures come back as `StepStats`: plain sums kept on the device (no host synchronisation per
 micro-batch), added up over a step's micro-batches and all-reduced once per optimizer step.
@@ -19,8 +20,8 @@ micro-batch), added up over a step's micro-batches and all-reduced once per opti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Optional, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Optional, Protocol
 
 import torch
 
@@ -48,6 +49,9 @@ class StepStats:
     padding: torch.Tensor  # EOS padding tokens among them (SFT)
     bucket_loss: torch.Tensor  # (N_BUCKETS,)
     bucket_count: torch.Tensor  # (N_BUCKETS,)
+    # Figures of one objective (preference accuracy, rewards, KL...): name -> (sum, count), each
+    # reported as sum / count. Empty for pre-training, SFT and AR.
+    extra: dict = field(default_factory=dict)
 
     @classmethod
     def zeros(cls, device: torch.device | str = "cpu") -> "StepStats":
@@ -65,28 +69,63 @@ class StepStats:
                    f64(out.bucket_loss), f64(out.bucket_count))
 
     def __add__(self, other: "StepStats") -> "StepStats":
-        return StepStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        extra = dict(self.extra)
+        for name, value in other.extra.items():
+            extra[name] = extra[name] + value if name in extra else value
+        return StepStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "extra"),
+                         extra=extra)
 
     def flat(self) -> torch.Tensor:
-        """One float64 vector, for a single all-reduce."""
-        return torch.cat([getattr(self, f.name).reshape(-1) for f in fields(self)])
+        """One float64 vector, for a single all-reduce (the extra figures last, by name)."""
+        parts = [getattr(self, f.name).reshape(-1) for f in fields(self) if f.name != "extra"]
+        return torch.cat(parts + [self.extra[name].reshape(-1) for name in sorted(self.extra)])
 
     @classmethod
-    def named(cls, values: list[float]) -> dict:
-        """The figures of a flat() vector moved to the host, by name (buckets as lists)."""
+    def named(cls, values: list[float], extra: Iterable[str] = ()) -> dict:
+        """The figures of a flat() vector moved to the host, by name (buckets as lists, the extra
+        figures, named in `extra`, as (sum, count) pairs under "extra")."""
         out, i = {}, 0
         for f in fields(cls):
+            if f.name == "extra":
+                continue
             n = N_BUCKETS if f.name.startswith("bucket") else 1
             out[f.name] = values[i] if n == 1 else values[i : i + n]
             i += n
+        out["extra"] = {}
+        for name in sorted(extra):
+            out["extra"][name] = (values[i], values[i + 1])
+            i += 2
         return out
 
 
+def figure(total, count, device) -> torch.Tensor:
+    """One extra figure of StepStats: (sum, count) as a float64 pair on the device."""
+    return torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device).detach().to(torch.float64),
+                        torch.as_tensor(count, dtype=torch.float64, device=device).detach().to(torch.float64)])
+
+
 class Objective(Protocol):
+    """kind, and loss. An objective may also define `prepare(model, micro_batches, step) -> Prepared`:
+    then the loop hands it the step's data first, and runs the optimizer updates it returns (GRPO:
+    rollouts sampled on the current weights, then several updates on them); without it, a step is
+    one update on the step's micro-batches."""
+
     kind: str
 
     def loss(self, model: torch.nn.Module, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
         """(differentiable loss of this micro-batch, its figures); step keys the noise."""
+
+
+@dataclass
+class Prepared:
+    """What an objective's `prepare` gives the loop for one step."""
+
+    updates: list  # optimizer updates, in order: each a list of this rank's micro-batches for `loss`
+    figures: StepStats  # figures of the preparation, reported (all-reduced) with the step's
+    samples: list = field(default_factory=list)  # records for the run directory (rank 0's are written)
+    # A failure found while preparing (a reward function that raised): the preparation still ran
+    # every forward, so that all ranks reach the loop's check together, which stops them all.
+    error: Optional[str] = None
 
 
 @dataclass(frozen=True)

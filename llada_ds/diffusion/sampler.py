@@ -88,9 +88,18 @@ class SpecialTokens:
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
+def unwrap(model):
+    """The module a wrapper runs: a DeepSpeed engine's `.module` (whose forward gathers ZeRO-3 shards),
+    a peft model's base model (LoRA); else the model itself. The wrapper is what gets called."""
+    inner = getattr(model, "module", model)
+    base = getattr(inner, "get_base_model", None)
+    return base() if callable(base) else inner
+
+
 def logits_fn(model) -> LogitsFn:
-    """(tokens, valid mask or None) -> logits, for our model or any model returning `.logits`."""
-    if isinstance(model, LLaDAModel):
+    """(tokens, valid mask or None) -> logits, for our model (or a DeepSpeed engine or peft model
+    wrapping it) or any model returning `.logits`."""
+    if isinstance(unwrap(model), LLaDAModel):
         def ours(x, valid):
             # Padding is a run of its own: the document mask keeps real tokens from seeing it.
             return model(x, doc_ids=None if valid is None else valid.long())

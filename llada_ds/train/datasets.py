@@ -1,7 +1,9 @@
 """The run's data, opened on every rank: training micro-batches per step and validation batches.
 
 Pre-training (and the autoregressive baseline) stream windows of a pretokenized shard set
-(data/loader.py); SFT reads a conversation cache of `llada-ds sft-data` (data/sft.py). Either way
+(data/loader.py); SFT reads a conversation cache of `llada-ds sft-data` (data/sft.py), VRPO a
+preference cache of `llada-ds pref-data` (data/preference.py), GRPO a prompt cache of
+`llada-ds prompt-data` (data/prompts.py). Either way
 the batches are a pure function of (seed, step, rank, world size), and every rank checks its share
 of the shards' checksums; a problem found on one rank stops every rank with its message.
 """
@@ -14,6 +16,8 @@ from typing import Callable, Iterable, Optional, Protocol
 from ..config import RunConfig
 from ..data.batch import DataState, MicroBatch
 from ..data.loader import DistributedBatches, WindowDataset, validation_micro_batches
+from ..data.preference import PreferenceBatches, PreferenceData
+from ..data.prompts import PromptBatches, PromptData
 from ..data.sft import SFTBatches, SFTData
 from ..data.shards import ShardIndex, ShardSet
 from ..data.storage import open_storage
@@ -65,6 +69,19 @@ def open_shards(path: str, verify: str, tokenizer: Tokenizer, dist: DistInfo, ca
 
 def open_run_data(cfg: RunConfig, tokenizer: Tokenizer, dist: DistInfo) -> RunData:
     d, t = cfg.data, cfg.train
+    if cfg.objective.kind == "vrpo":  # preference pairs cached by `llada-ds pref-data`
+        train = PreferenceData(d.train, tokenizer.fingerprint, d.verify)
+        batches = PreferenceBatches(train, t.global_batch, t.micro_batch, d.seed, d.seq_len, dist.rank, dist.world)
+        validation = None
+        if d.validation:
+            pref = PreferenceData(d.validation, tokenizer.fingerprint, d.verify)
+            validation = lambda: pref.validation_micro_batches(  # noqa: E731
+                cfg.eval.samples, t.micro_batch, d.seq_len, dist.rank, dist.world)
+        return RunData(batches, validation)
+    if cfg.objective.kind == "grpo":  # prompts cached by `llada-ds prompt-data`; no validation loss
+        prompts = PromptData(d.train, tokenizer.fingerprint, d.verify)
+        return RunData(PromptBatches(prompts, t.global_batch, t.micro_batch, cfg.grpo.generations, d.seed, d.seq_len,
+                                     cfg.grpo.gen_length, dist.rank, dist.world), None)
     if cfg.objective.kind == "sft":  # conversations cached by `llada-ds sft-data`
         train = SFTData(d.train, tokenizer.fingerprint, d.verify)
         batches = SFTBatches(train, t.global_batch, t.micro_batch, d.seed, d.seq_len, dist.rank, dist.world)

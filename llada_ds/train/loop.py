@@ -9,7 +9,9 @@ One optimizer step (`Trainer.train_step`), on every rank:
     and the bad-step guard decides whether the update may be applied (recovery.py).
 
 The pieces around it: train/datasets.py (what the batches are), diffusion/objectives.py (what is
-trained), train/checkpoint.py (pick, load at any world size, save), train/recovery.py (bad steps),
+trained; an objective with a `prepare` hook, GRPO, makes one step several updates on rollouts),
+train/alignment.py (the reference model and settings of VRPO and GRPO), train/checkpoint.py (pick,
+load at any world size, save), train/recovery.py (bad steps),
 train/monitor.py (logs, metrics.jsonl, wandb), evaluation.py (validation loss). Everything that
 decides the run's numbers (data order, noise, schedule) is a function of the step and global
 counters, so a resumed run (any world size) computes what an uninterrupted one would.
@@ -27,11 +29,12 @@ from ..config import RunConfig
 from ..data.batch import DataState
 from ..data.tokenizer import Tokenizer
 from ..diffusion import NoiseConfig, StepStats, make_objective
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..evaluation import Evaluator, validation_noise
 from ..lora import lora_parameter_count, lora_train_flops_per_token
 from ..model.sizing import count, train_flops_per_token
 from ..weights import RUN_TOKENIZER
+from .alignment import ALIGNMENT, make_alignment
 from .checkpoint import Checkpointer
 from .run_dir import copy_tokenizer, self_contained
 from .datasets import open_run_data
@@ -63,11 +66,16 @@ class Trainer:
                               f"model.vocab_size={self.model_cfg.vocab_size}")
         self.data = open_run_data(cfg, self.tokenizer, dist)
         o, mask_id, vocab = cfg.objective, self.tokenizer.special.mask, self.model_cfg.vocab_size
-        self.objective = make_objective(o.kind, mask_id, vocab, NoiseConfig(o.noise_seed, o.eps, o.random_length_prob))
-        self.evaluator = None if self.data.validation is None else Evaluator(
-            make_objective(o.kind, mask_id, vocab, validation_noise(o.noise_seed, o.eps)), self.data.validation,
-            dist.device, all_reduce_)
-        self.engine, _ = build_engine(cfg, self.model_cfg, fill_ds_config(ds_config, cfg, dist.world))
+        if o.kind not in ALIGNMENT:
+            self.objective = make_objective(o.kind, mask_id, vocab, NoiseConfig(o.noise_seed, o.eps, o.random_length_prob))
+            self.evaluator = None if self.data.validation is None else Evaluator(
+                make_objective(o.kind, mask_id, vocab, validation_noise(o.noise_seed, o.eps)), self.data.validation,
+                dist.device, all_reduce_)
+        ds_config = fill_ds_config(ds_config, cfg, dist.world)
+        self.engine, _ = build_engine(cfg, self.model_cfg, ds_config)
+        if o.kind in ALIGNMENT:  # they need the engine: a reference model like it, rollouts with it
+            self.objective, self.evaluator = make_alignment(cfg, self.tokenizer, self.engine, ds_config, dist,
+                                                            self.data.validation)
         self.checkpoints = Checkpointer(self.engine, run_dir, dist, self.model_cfg.to_dict(),
                                         self.tokenizer.fingerprint, cfg.checkpoint.keep_last,
                                         cfg.faults.save_delay_seconds, lora=cfg.lora.spec(), remote=self.remote)
@@ -86,7 +94,22 @@ class Trainer:
         set_learning_rate(self.engine, lr)
         micro_batches = self.data.step(step, self.dist)
         poison = self.faults.nonfinite(step + 1)
-        stats, n = StepStats.zeros(self.dist.device), len(micro_batches) * self.dist.world
+        prepare = getattr(self.objective, "prepare", None)
+        if prepare is None:
+            return self._update(step, lr, micro_batches, poison)
+        # The objective turns the step's data into several updates (GRPO: rollouts on the current
+        # weights, then mu updates on them); the step reports them together.
+        prepared = prepare(self.engine, micro_batches, step)
+        raise_if_any(prepared.error, DataError, self.dist.device, f"step {step}: another rank could not prepare its "
+                     "batch (see its log)")
+        self.monitor.samples(prepared.samples)
+        return StepResult.combine([self._update(step, lr, update, poison, prepared.figures if k == 0 else None)
+                                   for k, update in enumerate(prepared.updates)])
+
+    def _update(self, step: int, lr: float, micro_batches: list, poison: bool,
+                figures: Optional[StepStats] = None) -> StepResult:
+        """One optimizer update on this rank's micro-batches (figures: more to report with it)."""
+        stats, n = figures or StepStats.zeros(self.dist.device), len(micro_batches) * self.dist.world
         for i, mb in enumerate(micro_batches):
             loss, figures = self.objective.loss(self.engine, mb.to(self.dist.device), step)
             if poison:
@@ -106,7 +129,7 @@ class Trainer:
         and whether any rank was asked to stop, so that all ranks agree on the update and the stop."""
         flag = torch.tensor([float(self.stop.requested)], dtype=torch.float64, device=stats.loss.device)
         values = all_reduce_(torch.cat([stats.flat(), flag])).tolist()
-        return StepStats.named(values[:-1]), values[-1] > 0
+        return StepStats.named(values[:-1], stats.extra), values[-1] > 0
 
     def _outcome(self, step: int, lr: float, loss: float, reason: Optional[str], stop: bool, s: dict) -> StepResult:
         applied = self.engine.was_step_applied()
@@ -117,7 +140,8 @@ class Trainer:
             reason = "non-finite gradients"
         grad_norm = self.engine.get_global_grad_norm() if applied else None
         return StepResult(step, loss, lr, reason, stop, float("nan") if grad_norm is None else float(grad_norm),
-                          s["tokens"], s["masked"], s["correct"], s["padding"], s["bucket_loss"], s["bucket_count"])
+                          s["tokens"], s["masked"], s["correct"], s["padding"], s["bucket_loss"], s["bucket_count"],
+                          s["extra"])
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, stop_after: Optional[int] = None) -> int:

@@ -124,11 +124,15 @@ class MetricsWindow:
     def __init__(self) -> None:
         self.loss = self.correct = self.masked = self.tokens = self.padding = 0.0
         self.good = 0
+        self.extra: dict = {}  # the objective's own figures: name -> [sum, count]
         self.start = time.perf_counter()
 
     def add(self, r: StepResult) -> None:
         self.tokens += r.tokens
         self.padding += r.padding
+        for name, (total, count) in r.extra.items():
+            sums = self.extra.setdefault(name, [0.0, 0.0])
+            sums[0], sums[1] = sums[0] + total, sums[1] + count
         if not r.skipped:
             self.good += 1
             self.loss += r.loss
@@ -164,6 +168,7 @@ class Monitor:
         self.show_padding, self.device, self.on_log = show_padding, device, on_log
         self.metrics_path = run_dir / "metrics.jsonl"
         self.log_path = run_dir / "train.log"
+        self.samples_path = run_dir / "rollouts.jsonl"
         if active:
             run_dir.mkdir(parents=True, exist_ok=True)
         self.window = MetricsWindow()
@@ -200,6 +205,13 @@ class Monitor:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
+    def samples(self, records: list[dict]) -> None:
+        """Append records (e.g. sampled completions with their rewards) to RUN_DIR/rollouts.jsonl."""
+        if not self.active or not records:
+            return
+        with open(self.samples_path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
     def report_step(self, r: StepResult, state: RunState) -> None:
         """metrics.jsonl for this step; the interval's line and on_log every log.every steps."""
         self.window.add(r)
@@ -213,9 +225,12 @@ class Monitor:
         for k, count in enumerate(r.bucket_count):
             if count:
                 record[f"loss_t{k}"] = r.bucket_loss[k] / count
+        for name, (total, count) in sorted(r.extra.items()):  # the objective's own figures (mean reward...)
+            record[name] = total / count if count else None
         self.step(record)
         if state.step % self.log_every == 0 or state.step == self.total_steps:
             pad = f" | padding {100 * w.padding / max(w.tokens, 1):.1f}%" if self.show_padding else ""
+            pad += "".join(f" | {name} {total / count:.4g}" for name, (total, count) in sorted(w.extra.items()) if count)
             self.print(self.interval_line(r.number, w.mean_loss, w.accuracy, r.lr, w.tokens, w.seconds,
                                           memory_gib(self.device), pad))
             if self.on_log is not None:

@@ -17,40 +17,55 @@ from typing import Callable, Optional
 import torch
 
 from ..data.batch import MicroBatch
-from ..diffusion import NoiseConfig, Objective, PretrainObjective, StepStats
+from ..diffusion import NoiseConfig, Objective, Prepared, PretrainObjective, StepStats
 from ..diffusion.noise import EVAL_STEP
+from ..errors import DataError
 from ..model import ModelConfig, build_model
 
 
 def train_plain(model: torch.nn.Module, objective: Objective, batches: Callable[[int], list[MicroBatch]], steps: int,
                 optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float], grad_clip: float = 1.0,
-                start: int = 0, on_step: Optional[Callable[[int, float, StepStats], None]] = None) -> list[float]:
+                start: int = 0, on_step: Optional[Callable[[int, float, StepStats], None]] = None,
+                on_prepared: Optional[Callable[[int, Prepared], None]] = None) -> list[float]:
     """Train steps [start, start + steps); each step's loss is the mean of its micro-batches' losses.
 
     Gradients of the micro-batches of a step are accumulated (each loss divided by their number,
     as DeepSpeed does), clipped to grad_clip (0: no clipping), then one optimizer step. Only the
     parameters that require gradients train and count in the clipping norm, as in the engine: with
-    a peft-wrapped model (LoRA) the adapters, the reference of the LoRA trainer's tests.
+    a peft-wrapped model (LoRA) the adapters, the reference of the LoRA trainer's tests. An
+    objective with a `prepare` hook (GRPO) turns a step's batches into several such updates at the
+    step's learning rate; the step's loss is then the mean over its updates, and on_prepared (if
+    given) receives what the objective prepared (its figures and samples).
     """
     losses = []
     model.train()
     for step in range(start, start + steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        optimizer.zero_grad(set_to_none=True)
         micro = batches(step)
-        total, stats = 0.0, StepStats.zeros()
-        for mb in micro:
-            loss, figures = objective.loss(model, mb, step)
-            (loss / len(micro)).backward()
-            total += loss.item()
-            stats = stats + figures
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-        optimizer.step()
-        losses.append(total / len(micro))
+        prepare = getattr(objective, "prepare", None)
+        prepared = None if prepare is None else prepare(model, micro, step)
+        if prepared is not None and prepared.error:
+            raise DataError(prepared.error)
+        updates = [micro] if prepared is None else prepared.updates
+        step_losses, stats = [], StepStats.zeros() if prepared is None else prepared.figures
+        for update in updates:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for mb in update:
+                loss, figures = objective.loss(model, mb, step)
+                (loss / len(update)).backward()
+                total += loss.item()
+                stats = stats + figures
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+            optimizer.step()
+            step_losses.append(total / len(update))
+        losses.append(step_losses[0] if len(step_losses) == 1 else sum(step_losses) / len(step_losses))
         if on_step is not None:
             on_step(step, losses[-1], stats)
+        if prepared is not None and on_prepared is not None:
+            on_prepared(step, prepared)
     return losses
 
 

@@ -20,6 +20,8 @@ from ..config import RECIPES_DIR, RunConfig, annotated_yaml, load_run_config
 from ..data.batch import DataState
 from ..data.shards import INDEX_NAME
 from ..data.storage import is_uri
+from ..data.preference import META as PREFERENCE_META
+from ..data.prompts import META as PROMPT_META
 from ..data.sft import META as SFT_META
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ConfigError
@@ -52,6 +54,14 @@ def parse_train_args(argv: list[str], prog: str = "python -m llada_ds.train") ->
     return parser.parse_known_args(argv)
 
 
+# objective.kind -> (the file that marks its data cache, what to build it with)
+CACHES = {
+    "sft": (SFT_META, "an SFT cache (build one with llada-ds sft-data)"),
+    "vrpo": (PREFERENCE_META, "a preference cache (build one with llada-ds pref-data)"),
+    "grpo": (PROMPT_META, "a prompt cache (build one with llada-ds prompt-data)"),
+}
+
+
 def check_run(cfg: RunConfig) -> None:
     """The data, tokenizer, weights, attention backend and logger a run config names are usable."""
     d = cfg.data
@@ -63,10 +73,10 @@ def check_run(cfg: RunConfig) -> None:
         value = getattr(d, key)
         if not value or is_uri(value):
             continue
-        if cfg.objective.kind == "sft" and not (Path(value) / SFT_META).is_file():
-            raise ConfigError(f"data.{key}={value} is not an SFT cache (build one with llada-ds sft-data); "
-                              "objective.kind=sft trains on conversations")
-        if cfg.objective.kind != "sft" and not (Path(value) / INDEX_NAME).is_file():
+        kind = cfg.objective.kind
+        if kind in CACHES and not (Path(value) / CACHES[kind][0]).is_file():
+            raise ConfigError(f"data.{key}={value} is not {CACHES[kind][1]}; objective.kind={kind} trains on them")
+        if kind not in CACHES and not (Path(value) / INDEX_NAME).is_file():
             raise ConfigError(f"data.{key}={value} is not a shard set (build one with llada-ds tokenize)")
     model = cfg.model.build()
     if d.tokenizer and not is_uri(d.tokenizer):
@@ -74,8 +84,9 @@ def check_run(cfg: RunConfig) -> None:
         if tok.vocab_size > model.vocab_size:
             raise ConfigError(f"tokenizer {d.tokenizer} has {tok.vocab_size} tokens, more than "
                               f"model.vocab_size={model.vocab_size}")
-    if cfg.train.init_from and not is_uri(cfg.train.init_from) and not Path(cfg.train.init_from).exists():
-        raise ConfigError(f"train.init_from={cfg.train.init_from}: no such file or directory")
+    for key, value in (("train.init_from", cfg.train.init_from), ("objective.reference", cfg.objective.reference)):
+        if value and not is_uri(value) and not Path(value).exists():
+            raise ConfigError(f"{key}={value}: no such file or directory")
     if model.attention == "flash" and not (torch.cuda.is_available() and flash_attn_available()):
         raise ConfigError("model.attention=flash needs the flash-attn package on a CUDA machine "
                           "(pip install 'llada-ds[gpu]'); use auto (flash where it can run, else sdpa) or sdpa")

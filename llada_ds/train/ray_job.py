@@ -93,7 +93,8 @@ def splits(cfg: RunConfig, world: int) -> bool:
         split_batch(cfg.train.global_batch, cfg.train.micro_batch, world)
     except BatchSplitError:
         return False
-    return True
+    # GRPO: every rank samples all completions of its share of the step's prompts.
+    return cfg.objective.kind != "grpo" or cfg.train.global_batch % (cfg.grpo.generations * world) == 0
 
 
 def allowed_world_sizes(cfg: RunConfig, lo: int, hi: int) -> list[int]:

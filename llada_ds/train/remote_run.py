@@ -44,7 +44,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, from_main, raise_if_
 from .elastic import MARKER, UNIVERSAL, convert_to_universal
 
 UPLOADS = ".uploads"
-LOGS = ("config.yaml", "train.log", "metrics.jsonl")
+LOGS = ("config.yaml", "train.log", "metrics.jsonl", "rollouts.jsonl")  # rollouts: GRPO runs only
 _RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
 
 

@@ -7,7 +7,7 @@ wrote the checkpoint and the resolved config.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 
@@ -55,6 +55,7 @@ class StepResult:
     padding: float  # EOS padding tokens among `tokens` (SFT)
     bucket_loss: list  # per t-bucket sums of per-sample normalised losses
     bucket_count: list
+    extra: dict = field(default_factory=dict)  # the objective's own figures: name -> (sum, count)
 
     @property
     def number(self) -> int:
@@ -63,3 +64,22 @@ class StepResult:
     @property
     def skipped(self) -> bool:
         return self.reason is not None
+
+    @classmethod
+    def combine(cls, results: list["StepResult"]) -> "StepResult":
+        """One step made of several optimizer updates (an objective's prepared step): the mean loss
+        and gradient norm, the first reason to skip (the step counts as bad if any update was), any
+        stop request, and the figures summed."""
+        first = results[0]
+        reasons = [r.reason for r in results if r.reason is not None]
+        extra: dict = {}
+        for r in results:
+            for name, (total, count) in r.extra.items():
+                t, c = extra.get(name, (0.0, 0.0))
+                extra[name] = (t + total, c + count)
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        add = lambda name: [sum(v) for v in zip(*(getattr(r, name) for r in results))]  # noqa: E731
+        return cls(first.step, mean([r.loss for r in results]), first.lr, reasons[0] if reasons else None,
+                   any(r.stop for r in results), mean([r.grad_norm for r in results]),
+                   sum(r.tokens for r in results), sum(r.masked for r in results), sum(r.correct for r in results),
+                   sum(r.padding for r in results), add("bucket_loss"), add("bucket_count"), extra)
