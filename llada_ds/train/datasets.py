@@ -33,7 +33,9 @@ class Batches(Protocol):
 
     def state(self, steps_done: int) -> DataState: ...
 
-    def resume_step(self, state: DataState) -> int: ...
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
+        """The step to resume at from a checkpoint's data state (saved_step: the checkpoint's own
+        step, which older data states lack)."""
 
 
 @dataclass
