@@ -215,7 +215,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                                              for p, want, got in r["examples"]))
     if args.multiple_choice:
         batch = max(d for d in range(1, 17) if args.mc_num % d == 0)  # mc_num must split into batches
-        r = multiple_choice(model, tokenizer, args.multiple_choice, args.mc_num, batch)
+        r = multiple_choice(model, tokenizer, args.multiple_choice, args.mc_num, batch, token_budget=args.token_budget)
         print(f"multiple-choice accuracy {r['accuracy']:.4f} on {r['n']} questions from {args.multiple_choice} "
               f"(Monte Carlo likelihood, mc_num {args.mc_num})")
     return 0
@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=int, default=None)
     ev.add_argument("--multiple-choice", default=None, help="jsonl of {context, choices, answer}")
     ev.add_argument("--mc-num", type=int, default=32, help="Monte Carlo samples per likelihood")
+    ev.add_argument("--token-budget", type=int, default=8192,
+                    help="with --multiple-choice: tokens per forward (Monte Carlo samples of all questions, batched "
+                         "by length)")
     ev.add_argument("--instruction-test", default=None, help="test.jsonl of llada-ds sft-task: exact match")
     ev.add_argument("--gen-length", type=int, default=16, help="with --instruction-test")
     ev.add_argument("--limit", type=int, default=None, help="with --instruction-test: first N instructions")
