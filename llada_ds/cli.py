@@ -21,6 +21,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.gpus < 1 or args.gpus_per_node < 1:
         raise ConfigError(f"--gpus and --gpus-per-node must be at least 1, got {args.gpus} and {args.gpus_per_node}")
     print(describe(get_preset(args.preset), args.preset, args.gpus, args.gpus_per_node, args.seq_len))
+    if args.gpu_memory is not None:
+        from .train.planner import describe_plans
+
+        print(describe_plans(get_preset(args.preset), args.gpus, args.gpu_memory, args.seq_len, args.lora,
+                             args.gpus_per_node))
     return 0
 
 
@@ -265,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--gpus", type=int, default=8, help="total number of GPUs (default 8)")
     info.add_argument("--gpus-per-node", type=int, default=8)
     info.add_argument("--seq-len", type=int, default=None, help="default: the preset's max_seq_len")
+    info.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                      help="memory of each GPU in GB: adds the planner's micro batch, activation checkpointing and "
+                           "offload for pre-training, SFT (and LoRA with --lora)")
+    info.add_argument("--lora", type=int, default=0, metavar="R", help="with --gpu-memory: also plan LoRA of rank R")
     info.set_defaults(func=_cmd_info)
 
     overfit = sub.add_parser("overfit", help="sanity check: overfit one batch of random tokens (CPU ok)")

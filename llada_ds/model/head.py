@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 from .layers import Linear
 
-# Bytes of fp32 logits per chunk: 128 MiB is 265 rows at vocab 126,464 (2,048 rows would be 1 GiB),
+# Bytes of fp32 logits per chunk: 64 MiB is 132 rows at vocab 126,464 (2,048 rows would be 1 GiB),
 # enough rows for the matmuls to run at full speed (bench/head_bench.py).
-CHUNK_BYTES = 128 * 2**20
+CHUNK_BYTES = 64 * 2**20
 
 
 class RowLoss(NamedTuple):

@@ -1,7 +1,9 @@
 """Memory of training a model preset on N GPUs, as `llada-ds info` prints it.
 
 Model states (parameters, gradients, Adam) under ZeRO-3 come from DeepSpeed's own estimator; the
-activation figure is our estimate (llada_ds/model/sizing.py).
+activation figure is our model of what this code keeps (llada_ds/model/sizing.py, checked against
+measured peaks); the planner (planner.py) combines them. `measure_cpu_memory` is how the
+activation model was checked.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ def describe(cfg: ModelConfig, name: str, n_gpus: int = 8, gpus_per_node: int = 
     ckpt = activation_bytes_per_sequence(cfg, seq_len, checkpointing=True)
     full = activation_bytes_per_sequence(cfg, seq_len, checkpointing=False)
     lines.append(
-        f"  activations per sequence of {seq_len} (bf16, approximate): {ckpt / GIB:.2f} GiB with activation "
-        f"checkpointing, {full / GIB:.2f} GiB without; multiply by the micro batch"
+        f"  activations per sequence of {seq_len} (bf16, our measured model, half the tokens scored): "
+        f"{ckpt / GIB:.2f} GiB with activation checkpointing, {full / GIB:.2f} GiB without; --gpu-memory GB plans "
+        "the micro batch"
     )
     return "\n".join(lines)
 
