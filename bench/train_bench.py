@@ -5,7 +5,7 @@ run: the plain single-process loop uses 2 threads; llada-ds uses 2 gloo ranks of
 (`llada-ds train --nproc 2`). Prints tokens/s, TFLOP/s and MFU against this machine's measured
 fp32 matmul rate (2 threads), and the ratio llada-ds / plain.
 
-Usage: python bench/train_bench.py [--steps 12] [--warmup 3]
+Usage: python bench/train_bench.py [--steps 12] [--warmup 3] [--micro-batch 4] [--deepspeed-config PATH]
 """
 
 from __future__ import annotations
@@ -64,11 +64,10 @@ def plain_loop(recipe: Path, steps: int, warmup: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def llada_ds_run(recipe: Path, run_dir: Path, steps: int, warmup: int) -> float:
+def llada_ds_run(recipe: Path, run_dir: Path, steps: int, warmup: int, ds_config: str) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     cmd = [sys.executable, "-m", "llada_ds.cli", "train", "--nproc", "2", "--recipe", str(recipe),
-           "--run-dir", str(run_dir), "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json"),
-           "--resume", "never"]
+           "--run-dir", str(run_dir), "--deepspeed_config", ds_config, "--resume", "never"]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     records = [r for r in records if "loss" in r]
@@ -78,37 +77,46 @@ def llada_ds_run(recipe: Path, run_dir: Path, steps: int, warmup: int) -> float:
     return tokens / (last["time"] - first["time"])
 
 
+def write_recipe(tmp: Path, steps: int, micro_batch: int = 4) -> Path:
+    """Tokenizer, shards and the benchmark's recipe under tmp (also used by bench/zero3_profile.py)."""
+    files = resolve_inputs([str(f) for f in fetch_shakespeare(REPO / "data" / "shakespeare", REPO / ".cache")])
+    train_tokenizer((Path(f).read_text() for f in files), tmp / "tok", vocab_size=4096)
+    build_shards(BuildConfig(inputs=files, out_dir=str(tmp / "shards"), tokenizer=str(tmp / "tok"),
+                             val_fraction=0.05), progress_bar=False)
+    body = {
+        "model": {"preset": "tiny", "overrides": MODEL},
+        "data": {"train": str(tmp / "shards" / "train"), "tokenizer": str(tmp / "tok"), "seq_len": 256},
+        "objective": {"random_length_prob": 0.0},
+        "schedule": {"kind": "constant", "warmup_steps": 2},
+        "optim": {"lr": 1e-3},
+        "train": {"steps": steps, "global_batch": 16, "micro_batch": micro_batch, "precision": "fp32"},
+        "eval": {"every": 0}, "checkpoint": {"every": 0}, "log": {"every": 100},
+    }
+    recipe = tmp / "bench.yaml"
+    recipe.write_text(yaml.safe_dump(body))
+    return recipe
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--micro-batch", type=int, default=4, help="both loops (global batch 16)")
+    parser.add_argument("--deepspeed-config", default=str(REPO / "ds_configs" / "cpu.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    files = resolve_inputs([str(f) for f in fetch_shakespeare(REPO / "data" / "shakespeare", REPO / ".cache")])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        train_tokenizer((Path(f).read_text() for f in files), tmp / "tok", vocab_size=4096)
-        build_shards(BuildConfig(inputs=files, out_dir=str(tmp / "shards"), tokenizer=str(tmp / "tok"),
-                                 val_fraction=0.05), progress_bar=False)
-        body = {
-            "model": {"preset": "tiny", "overrides": MODEL},
-            "data": {"train": str(tmp / "shards" / "train"), "tokenizer": str(tmp / "tok"), "seq_len": 256},
-            "objective": {"random_length_prob": 0.0},
-            "schedule": {"kind": "constant", "warmup_steps": 2},
-            "optim": {"lr": 1e-3},
-            "train": {"steps": args.steps, "global_batch": 16, "micro_batch": 4, "precision": "fp32"},
-            "eval": {"every": 0}, "checkpoint": {"every": 0}, "log": {"every": 100},
-        }
-        recipe = tmp / "bench.yaml"
-        recipe.write_text(yaml.safe_dump(body))
+        recipe = write_recipe(tmp, args.steps, args.micro_batch)
         cfg = load_run_config(str(recipe))
         model_cfg = cfg.model.build()
         params = count(model_cfg)
         fpt = train_flops_per_token(model_cfg, 256, params)
         peak = measure_matmul_tflops(torch.device("cpu"), torch.float32, n=2048, repeats=4)
         plain = plain_loop(recipe, args.steps, args.warmup)
-        ours = llada_ds_run(recipe, tmp / "run", args.steps, args.warmup)
-    print(f"model: {params.total:,} parameters; {fpt / 1e6:.1f} MFLOP per token (6N + attention, bidirectional)")
+        ours = llada_ds_run(recipe, tmp / "run", args.steps, args.warmup, args.deepspeed_config)
+    print(f"model: {params.total:,} parameters; {fpt / 1e6:.1f} MFLOP per token (6N + attention, bidirectional); "
+          f"global batch 16 x 256, micro batch {args.micro_batch}; {Path(args.deepspeed_config).name}")
     print(f"machine: {os.cpu_count()} CPUs, measured fp32 matmul {peak:.3f} TFLOP/s with 2 threads")
     for name, tps in (("plain PyTorch, 1 process x 2 threads", plain), ("llada-ds ZeRO-3, 2 ranks x 1 thread", ours)):
         tflops = tps * fpt / 1e12

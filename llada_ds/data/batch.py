@@ -36,7 +36,7 @@ class MicroBatch:
             return None if t is None else t.to(device)
 
         return MicroBatch(self.tokens.to(device), self.sample_indices, move(self.doc_ids), move(self.prompt_lengths),
-                          self.padding, self.on_host() if self.tokens.device.type == "cpu" else self.host)
+                          self.padding, self if self.tokens.device.type == "cpu" else self.host)
 
     def on_host(self) -> "MicroBatch":
         """This micro-batch on the host: itself, or the host batch it was copied to the device from,
