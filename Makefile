@@ -10,7 +10,7 @@ CONSTRAINTS := requirements/cpu.txt
 CORPUS := data/shakespeare
 DEMO := runs/demo
 
-.PHONY: demo demo-sft demo-clean test clean
+.PHONY: demo demo-sft demo-lora demo-clean test clean
 
 $(VENV)/.installed: setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,22 @@ demo-sft: $(CORPUS)/LICENSE.md
 	$(BIN)/llada-ds eval --model $(DEMO)/train --instruction-test $(DEMO)/task/test.jsonl --limit 50
 	$(BIN)/llada-ds train --nproc 2 --recipe sft-tiny --run-dir $(DEMO)/sft-train
 	$(BIN)/llada-ds eval --model $(DEMO)/sft-train --instruction-test $(DEMO)/task/test.jsonl --limit 50
+
+# Third demo (after `make demo`): the same instruction task with LoRA instead of full SFT: rank-16
+# adapters on all seven block matrices of the frozen demo model (recipe lora-tiny), then both
+# exports: the merged model, and a PEFT adapter folder on the exported base.
+demo-lora: $(CORPUS)/LICENSE.md
+	test -f $(DEMO)/task/test.jsonl || $(BIN)/python examples/instruct_task.py --out $(DEMO)/task --train 2000 \
+		--test 100 --tasks copy lookup
+	test -f $(DEMO)/sft/train/index.json || $(BIN)/llada-ds sft-data --input $(DEMO)/task/train.jsonl \
+		--tokenizer $(DEMO)/tokenizer --out $(DEMO)/sft --val-fraction 0.05
+	DS_ACCELERATOR=cpu $(BIN)/llada-ds info --preset tiny --gpus 1 --lora 16
+	$(BIN)/llada-ds eval --model $(DEMO)/train --instruction-test $(DEMO)/task/test.jsonl --limit 50
+	$(BIN)/llada-ds train --nproc 2 --recipe lora-tiny --run-dir $(DEMO)/lora-train
+	$(BIN)/llada-ds eval --model $(DEMO)/lora-train --instruction-test $(DEMO)/task/test.jsonl --limit 50
+	$(BIN)/llada-ds export $(DEMO)/lora-train $(DEMO)/lora-merged --merge --dtype fp32
+	$(BIN)/llada-ds export $(DEMO)/train $(DEMO)/exported --dtype fp32
+	$(BIN)/llada-ds export $(DEMO)/lora-train $(DEMO)/lora-adapter --adapter --base $(DEMO)/exported --dtype fp32
 
 demo-clean:
 	rm -rf $(DEMO)

@@ -33,6 +33,10 @@ class DataStateError(DataError):
     """A saved data state does not fit this data set or configuration."""
 
 
+class StorageError(LladaError, OSError):
+    """Object storage refused a request or could not be reached (credentials, bucket, endpoint)."""
+
+
 class TokenizerError(LladaError, ValueError):
     """A tokenizer folder is missing or unusable."""
 

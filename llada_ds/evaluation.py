@@ -27,7 +27,7 @@ from .data.loader import validation_micro_batches
 from .data.sft import META as SFT_META
 from .data.sft import SFTData
 from .data.shards import ShardSet
-from .data.storage import LocalStorage
+from .data.storage import open_storage
 from .diffusion import NoiseConfig, Objective, make_objective
 from .diffusion.likelihood import TOKEN_BUDGET, log_likelihoods
 from .diffusion.noise import EVAL_STEP
@@ -83,7 +83,7 @@ def validation_of(loaded: LoadedModel, path: str, samples: int,
     what the run's own validation computed on the same windows."""
     run = loaded.config or {}
     kind = run.get("objective", {}).get("kind", "pretrain")
-    micro = run.get("train", {}).get("micro_batch", 8)
+    micro = max(1, min(run.get("train", {}).get("micro_batch", 8), samples))
     seq_len = seq_len or loaded.data.get("seq_len") or loaded.model.config.max_seq_len
     fingerprint = loaded.tokenizer.fingerprint
     if (Path(path) / SFT_META).is_file():
@@ -92,7 +92,7 @@ def validation_of(loaded: LoadedModel, path: str, samples: int,
         what = f"up to {samples} SFT pairs"
     else:
         kind = "pretrain" if kind == "sft" else kind
-        shards = ShardSet(LocalStorage(path), verify="header", tokenizer_fingerprint=fingerprint)
+        shards = ShardSet(open_storage(path), verify="header", tokenizer_fingerprint=fingerprint)
         batches = lambda: validation_micro_batches(shards, seq_len, micro, samples)  # noqa: E731
         what = f"up to {samples} windows of {seq_len}"
     objective = make_objective(kind, loaded.tokenizer.special.mask, loaded.model.config.vocab_size, loaded.noise())
@@ -123,12 +123,13 @@ def read_multiple_choice(path: str) -> list[dict]:
     return records
 
 
-def multiple_choice(model, tokenizer, path: str, mc_num: int = 32, batch_size: int = 16, seed: int = 0,
-                    token_budget: int = TOKEN_BUDGET) -> dict:
-    """Accuracy of picking the choice of highest estimated log-likelihood; all (context, choice)
-    pairs of the file are scored together, batched by length up to token_budget tokens per forward
-    (each pair's estimate is what it would be alone, for the same seed)."""
-    records = read_multiple_choice(path)
+def multiple_choice(model, tokenizer, questions: str | list[dict], mc_num: int = 32, batch_size: int = 16,
+                    seed: int = 0, token_budget: int = TOKEN_BUDGET) -> dict:
+    """Accuracy of picking the choice of highest estimated log-likelihood, on a jsonl file of
+    questions (or its records, as read_multiple_choice returns them); all (context, choice) pairs
+    are scored together, batched by length up to token_budget tokens per forward (each pair's
+    estimate is what it would be alone, for the same seed)."""
+    records = read_multiple_choice(questions) if isinstance(questions, (str, Path)) else questions
     pairs, owner = [], []
     for i, r in enumerate(records):
         context = tokenizer.encode(r["context"])
@@ -159,10 +160,12 @@ def read_instructions(path: str | Path, limit: Optional[int] = None) -> list[dic
     return records[:limit]
 
 
-def instruction_exact_match(model, tokenizer, path: str | Path, sampler_cfg: SamplerConfig,
+def instruction_exact_match(model, tokenizer, instructions: str | Path | list[dict], sampler_cfg: SamplerConfig,
                             limit: Optional[int] = None, batch: int = 16) -> dict:
-    """Share of instructions whose sampled answer equals the expected one (after stripping spaces)."""
-    records = read_instructions(path, limit)
+    """Share of instructions (a jsonl file, or its records) whose sampled answer equals the expected
+    one after stripping spaces."""
+    records = (read_instructions(instructions, limit) if isinstance(instructions, (str, Path))
+               else instructions[:limit])
     sp = tokenizer.special
     tokens = SpecialTokens.of(sp)
     correct, examples = 0, []

@@ -56,7 +56,7 @@ def load_for_inference(path: str | Path, tokenizer: Optional[str] = None, device
     A Hugging Face folder's weights are cast while read (a bf16 model is never held in fp32)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = dtype_of(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
-    model, source = load_model(Path(path), torch_dtype)
+    model, source = load_model(path, torch_dtype)  # a path or an object-store URI
     model = model.to(device=dev, dtype=torch_dtype).eval()
     if source.kind == "huggingface":
         tok = Tokenizer.load(tokenizer or source.path)
@@ -65,7 +65,7 @@ def load_for_inference(path: str | Path, tokenizer: Optional[str] = None, device
                               f"{model.config.vocab_size}")
         return LoadedModel(model, tok, "huggingface")
     state = source.run_state
-    tok = Tokenizer.load(tokenizer or state["config"]["data"]["tokenizer"])
+    tok = Tokenizer.load(tokenizer or source.tokenizer_path)
     if tok.fingerprint != state["tokenizer"]:
         raise CheckpointError(f"tokenizer {tok.path} ({tok.fingerprint}) is not the one the model was trained with "
                               f"({state['tokenizer']}); pass --tokenizer")

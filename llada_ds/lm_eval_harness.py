@@ -1,10 +1,12 @@
 """lm-evaluation-harness support: the `llada-ds` model type.
 
-    python -m llada_ds.lm_eval_harness run --model llada-ds \\
+    llada-ds lm-eval run --model llada-ds \\
         --model_args model=runs/demo/train,mc_num=32,gen_length=64,block_length=32[,device=cuda,dtype=bf16] \\
         --tasks TASKS [--include_path DIR] [other lm-eval options]
 
-This imports the adapter (registering the model type) and hands the command line to lm-eval.
+(`python -m llada_ds.lm_eval_harness run ...` is the same.) This registers the model type and hands
+the command line to lm-eval; lm-eval's own `lm_eval` command does not know the `llada-ds` type,
+because lm-eval finds model types only among its own modules.
 - loglikelihood: the Monte Carlo conditional log-likelihood (diffusion/likelihood.py, mc_num
   samples, stratified); is_greedy tells whether one forward with the whole continuation masked
   predicts the continuation token for token (the diffusion analogue of greedy decoding). All
@@ -26,7 +28,13 @@ from lm_eval.api.registry import register_model
 from .diffusion.fast_sampler import FastConfig, generate_fast
 from .diffusion.likelihood import TOKEN_BUDGET, greedy_matches, log_likelihoods
 from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
+from .errors import ConfigError
 from .inference import cut_at, load_for_inference
+
+
+MODEL_ARGS = ("model", "tokenizer", "mc_num", "mc_batch", "gen_length", "steps", "block_length", "cfg_scale", "fast",
+              "cache", "threshold", "seed", "device", "dtype", "token_budget")
+LM_EVAL_KWARGS = {"batch_size", "max_batch_size"}  # what lm-eval adds to every model's arguments
 
 
 def _bool(v) -> bool:
@@ -39,8 +47,18 @@ class LLaDAHarnessModel(LM):
                  gen_length: int = 64, steps: int | None = None, block_length: int | None = None,
                  cfg_scale: float = 0.0, fast: bool = False, cache: str = "dual", threshold: float | None = None,
                  seed: int = 0, device: str | None = None, dtype: str | None = None,
-                 token_budget: int = TOKEN_BUDGET, **_: object) -> None:
-        # lm-eval also passes batch_size / max_batch_size: the likelihoods batch by token_budget instead.
+                 token_budget: int = TOKEN_BUDGET, **other: object) -> None:
+        # lm-eval itself passes batch_size / max_batch_size (the likelihoods batch by token_budget
+        # instead); anything else is a misspelled model_args key, refused rather than silently ignored.
+        unknown = sorted(set(other) - LM_EVAL_KWARGS)
+        if unknown:
+            raise ConfigError(f"unknown model_args {', '.join(unknown)} for the llada-ds model; known: "
+                              f"{', '.join(MODEL_ARGS)}")
+        if int(mc_num) < 1 or int(mc_batch) < 1 or int(mc_num) % int(mc_batch):
+            raise ConfigError(f"model_args mc_num={mc_num} must be a positive multiple of mc_batch={mc_batch} "
+                              "(Monte Carlo samples are drawn in batches of mc_batch)")
+        if int(token_budget) < 1:
+            raise ConfigError(f"model_args token_budget={token_budget} must be a positive number of tokens")
         super().__init__()
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             device = None  # lm-eval's own default is "cuda": on a CPU-only machine take the CPU
@@ -103,12 +121,19 @@ class LLaDAHarnessModel(LM):
         return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """lm-eval's command line, with the llada-ds model type registered (argv: what follows the
+    command, e.g. ["run", "--model", "llada-ds", ...])."""
     from lm_eval.__main__ import cli_evaluate
 
-    sys.argv[0] = "lm-eval"
-    cli_evaluate()
+    sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        cli_evaluate()
+    except ConfigError as exc:
+        print(f"llada-ds lm-eval: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,12 +10,22 @@ Two kinds of source:
   or LLaDA's own), read through the name mapping of llada_ds/model/hf_layout.py. No remote code
   runs and nothing is unpickled.
 
+A LoRA run's checkpoint holds only its adapters; its run_state.json names the base (a path of
+either kind above, and the fingerprint of the base's tensors). Reading it reads the base, checks
+the fingerprint, and applies the adapters (llada_ds/lora.py): by default folded into the weights,
+so every consumer gets the plain model with the fine-tuned weights.
+
+Either kind may also sit in object storage (an s3:// or gs:// URI): it is downloaded to local
+disk first (a checkpoint: the one `latest` names, kept under $LLADA_DS_CACHE by its save id).
+
 Training (init_from), inference, evaluation, export and import all read weights through here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -24,7 +34,10 @@ from typing import Optional
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from .data.object_store import ObjectStorage
+from .data.storage import download_cache, is_uri, local_copy
+from .errors import CheckpointError, ConfigError, StorageError
+from .lora import LoraSpec, inject_lora, load_adapters, merge_adapters
 from .model import LLaDAModel, ModelConfig
 from .model.hf_layout import from_llada_state_dict, model_config_from_llada, to_llada_name
 
@@ -37,6 +50,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 RUN_STATE = "run_state.json"
 IMPORTED_WEIGHTS = "weights.safetensors"  # written by `llada-ds import`
+RUN_TOKENIZER = "tokenizer"  # the copy of the tokenizer in a run directory (and in an imported checkpoint)
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -157,9 +171,7 @@ def read_checkpoint_weights(ckpt: Path) -> dict:
 
         return load_file(str(ckpt / IMPORTED_WEIGHTS))
     if is_universal(ckpt):
-        with torch.device("meta"):
-            shapes = {n: p.shape for n, p in
-                      LLaDAModel(ModelConfig.from_dict(read_run_state(ckpt)["model"])).named_parameters()}
+        shapes = _trained_shapes(read_run_state(ckpt))
         out = {}
         for name, shape in shapes.items():
             f = ckpt / "zero" / name / "fp32.pt"
@@ -171,8 +183,34 @@ def read_checkpoint_weights(ckpt: Path) -> dict:
         return out
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's tool narrates on stdout
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    # DeepSpeed's tool narrates every step and draws progress bars: kept quiet, shown on failure.
+    narration = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(narration), contextlib.redirect_stderr(narration):
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    except Exception:
+        sys.stderr.write(narration.getvalue())
+        raise
+
+
+def weights_fingerprint(state: dict) -> str:
+    """sha256 of a set of tensors (names, dtypes, shapes, bytes, in name order): what a LoRA run
+    records of its frozen base, the same whichever file format holds the same tensors."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _trained_shapes(run_state: dict) -> dict:
+    """The shapes of the parameters a run trains (a LoRA run: its adapters), by name."""
+    with torch.device("meta"):
+        model = LLaDAModel(ModelConfig.from_dict(run_state["model"]))
+        if run_state.get("lora"):
+            inject_lora(model, LoraSpec.from_dict(run_state["lora"]), seed=0)
+    return {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
 
 
 def check_compatible(state: dict, model_cfg: dict, tokenizer_fingerprint: Optional[str], where: Path) -> None:
@@ -190,6 +228,42 @@ def check_compatible(state: dict, model_cfg: dict, tokenizer_fingerprint: Option
                               f"{tokenizer_fingerprint}")
 
 
+# -- object storage ---------------------------------------------------------------------------------
+
+def localize(location: str | Path) -> Path:
+    """A local folder with the weights source at `location`: the path itself, or for a URI a
+    download of the Hugging Face folder or of the checkpoint it resolves to (a run directory and
+    its checkpoints/ folder resolve through `latest`)."""
+    if not is_uri(location):
+        return Path(str(location).removeprefix("file://"))
+    uri = str(location).rstrip("/")
+    store = ObjectStorage(uri)
+    if store.exists("config.json"):
+        return local_copy(uri)
+    for prefix in (f"{CHECKPOINTS}/", ""):
+        if store.exists(prefix + LATEST):
+            tag = store.read_bytes(prefix + LATEST).decode().strip()
+            ckpt = prefix + tag
+            if not store.exists(f"{ckpt}/{RUN_STATE}"):
+                raise CheckpointError(f"{store.describe(prefix + LATEST)} points to {tag}, which has no {RUN_STATE}: "
+                                      "the checkpoint is incomplete")
+            break
+    else:
+        if not store.exists(RUN_STATE):
+            raise CheckpointError(f"{uri}: no llada-ds checkpoint or Hugging Face folder (expected a run directory, "
+                                  "a step-* checkpoint or a folder with config.json)")
+        ckpt, tag = "", uri.rsplit("/", 1)[1]
+    state = json.loads(store.read_bytes(f"{ckpt}/{RUN_STATE}".lstrip("/")))
+    # Complete checkpoints never change: a copy is named by where it is and the save that wrote it.
+    key = hashlib.sha256(f"{store.describe(ckpt)}:{state.get('upload', '')}".encode()).hexdigest()[:24]
+    dest = download_cache() / key / tag
+    try:
+        store.download_tree(ckpt, dest, keep=lambda name: not name.startswith("."), refresh=False)
+    except StorageError as exc:
+        raise CheckpointError(f"downloading {store.describe(ckpt)} failed: {exc}") from None
+    return dest
+
+
 # -- either kind ------------------------------------------------------------------------------------
 
 @dataclass
@@ -203,15 +277,35 @@ class WeightsSource:
     hf_config: Optional[dict] = None  # folders
 
     @property
+    def tokenizer_path(self) -> str:
+        """Where this source's tokenizer is: a folder's own; for a checkpoint, the copy kept in its
+        run directory (or beside imported weights), else the path in the run's config."""
+        if self.kind == "huggingface":
+            return str(self.path)
+        for root in (self.path, *list(self.path.parents)[:3]):
+            if (root / RUN_TOKENIZER).is_dir() and ((root / CHECKPOINTS).is_dir() or root == self.path):
+                return str(root / RUN_TOKENIZER)
+        configured = (self.run_state or {}).get("config", {}).get("data", {}).get("tokenizer", "")
+        if not configured:
+            raise CheckpointError(f"{self.path}: the run names no tokenizer; pass one (--tokenizer)")
+        return configured
+
+    @property
+    def lora(self) -> Optional[dict]:
+        """A LoRA run's record: its settings and its base {path, kind, fingerprint}; None otherwise."""
+        return None if self.run_state is None else self.run_state.get("lora")
+
+    @property
     def description(self) -> dict:
         """What check_compatible compares: the model shape and (checkpoints) the tokenizer."""
         return {"model": self.model_config.to_dict(),
                 "tokenizer": None if self.run_state is None else self.run_state.get("tokenizer")}
 
 
-def find_weights(path: Path) -> WeightsSource:
-    """Resolve a run directory, checkpoint or Hugging Face folder without reading its tensors."""
-    path = Path(path)
+def find_weights(path: str | Path) -> WeightsSource:
+    """Resolve a run directory, checkpoint or Hugging Face folder (a path or a URI) without
+    reading its tensors (a URI is downloaded first)."""
+    path = localize(path)
     if is_hf_folder(path):
         cfg, conf = hf_config(path)
         return WeightsSource(path, "huggingface", cfg, hf_config=conf)
@@ -221,18 +315,55 @@ def find_weights(path: Path) -> WeightsSource:
 
 
 def read_weights(source: WeightsSource) -> dict:
-    """Our-named tensors of a source (a checkpoint's in fp32, a folder's as stored)."""
+    """Our-named tensors of a source (a checkpoint's in fp32, a folder's as stored; a LoRA run's:
+    its base with the adapters merged, in fp32)."""
     if source.kind == "huggingface":
         return from_llada_state_dict(read_hf_tensors(source.path))[0]
+    if source.lora is not None:
+        return load_lora_model(source, torch.float32)[0].state_dict()
     return read_checkpoint_weights(source.path)
 
 
-def load_model(path: Path | WeightsSource,
-               dtype: Optional[torch.dtype] = torch.float32) -> tuple[LLaDAModel, WeightsSource]:
-    """The plain model (eval mode, on the CPU) with the weights of any source, and the source."""
+def lora_base(source: WeightsSource) -> WeightsSource:
+    """The base a LoRA run's adapters were trained on, as its run state names it."""
+    base = source.lora["base"]
+    try:
+        return find_weights(Path(base["path"]))
+    except (CheckpointError, ConfigError) as exc:
+        raise CheckpointError(f"{source.path}: the base of these LoRA adapters, {base['path']}, cannot be read "
+                              f"({exc})") from None
+
+
+def load_lora_model(source: WeightsSource, dtype: Optional[torch.dtype] = torch.float32,
+                    merge: bool = True) -> tuple[LLaDAModel, WeightsSource]:
+    """A LoRA run's model: its base (checked against the recorded fingerprint) with the adapters,
+    merged into the weights (the plain model) or kept as peft layers (merge=False). Returns the
+    model and the base's source."""
+    base = lora_base(source)
+    state = read_weights(base)
+    recorded = source.lora["base"]["fingerprint"]
+    if weights_fingerprint(state) != recorded:
+        raise CheckpointError(f"{source.path}: its base {base.path} is not the one the adapters were trained on "
+                              f"(fingerprint {weights_fingerprint(state)}, recorded {recorded})")
+    with torch.device("meta"):
+        model = LLaDAModel(source.model_config)
+    model.load_state_dict({k: v if dtype is None else v.to(dtype) for k, v in state.items()}, assign=True)
+    inject_lora(model, LoraSpec.from_dict(source.lora), seed=0)
+    load_adapters(model, read_checkpoint_weights(source.path), str(source.path))
+    if merge:
+        model = merge_adapters(model)
+    return model.eval(), base
+
+
+def load_model(path: Path | WeightsSource, dtype: Optional[torch.dtype] = torch.float32,
+               merge: bool = True) -> tuple[LLaDAModel, WeightsSource]:
+    """The plain model (eval mode, on the CPU) with the weights of any source, and the source. A
+    LoRA run comes with its adapters applied: merged (default) or as peft layers (merge=False)."""
     source = path if isinstance(path, WeightsSource) else find_weights(path)
     if source.kind == "huggingface":
         return load_hf_folder(source.path, dtype)[0], source
+    if source.lora is not None:
+        return load_lora_model(source, dtype, merge)[0], source
     model = LLaDAModel(source.model_config)
     missing, unexpected = model.load_state_dict(read_checkpoint_weights(source.path), strict=False)
     if missing or unexpected:

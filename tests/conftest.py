@@ -68,3 +68,20 @@ def recipe(shakespeare_texts, sp_tokenizer, tmp_path_factory):
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server on loopback (moto's standalone server); see tests/s3_server.py."""
+    from s3_server import LoopbackS3
+
+    server = LoopbackS3()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """This test's process pointed at the loopback S3 server (AWS_ENDPOINT_URL, dummy keys)."""
+    with s3_server.environment():
+        yield s3_server

@@ -14,22 +14,27 @@ from llada_ds.model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "ds_configs" / "cpu.json"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+# Subprocesses: one thread per rank, DeepSpeed on the CPU, nothing fetched from the Hugging Face Hub.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1",
+       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 # A small model shape for adapter and export tests.
 SMALL = ModelConfig(vocab_size=4096, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_size=96,
                     max_seq_len=64)
 
 
-def torchrun(recipe: Path, run_dir: Path, *extra: str, nproc: int = 2, wait: bool = True):
-    """`torchrun -m llada_ds.train` with the CPU DeepSpeed config; asserts success when waited for."""
+def torchrun(recipe: Path, run_dir: Path | str, *extra: str, nproc: int = 2, wait: bool = True,
+             env: dict | None = None):
+    """`torchrun -m llada_ds.train` with the CPU DeepSpeed config; asserts success when waited for.
+    env: added to the environment (e.g. the loopback S3 server's)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "llada_ds.train", "--recipe", str(recipe), "--run-dir", str(run_dir),
            "--deepspeed_config", str(CPU_CONFIG), *extra]
+    full_env = {**ENV, **(env or {})}
     if not wait:
-        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 

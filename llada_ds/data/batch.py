@@ -64,6 +64,7 @@ class DataState:
     seed: int
     seq_len: int
     data_fingerprint: str
+    global_batch: Optional[int] = None  # None in checkpoints written before it was recorded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,13 +73,25 @@ class DataState:
     def from_dict(cls, d: dict) -> "DataState":
         return cls(**d)
 
-    def resume_step(self, here: "DataState", global_batch: int) -> int:
+    def check_batch(self, global_batch: int, saved_step: Optional[int] = None) -> None:
+        """Refuse to continue with another global batch than the checkpoint was trained with."""
+        saved_batch = self.global_batch or (self.samples_consumed // saved_step if saved_step else None)
+        if saved_batch is not None and saved_batch != global_batch:
+            raise DataStateError(
+                f"the checkpoint was trained with train.global_batch={saved_batch}, this run asks for {global_batch}: "
+                "the data order, the noise and the learning-rate schedule all count steps of that batch, so a run "
+                f"cannot change it. Resume with --train.global_batch={saved_batch}, or start a new run (another "
+                "--run-dir) with --train.init_from=CHECKPOINT to keep only the weights")
+
+    def resume_step(self, here: "DataState", global_batch: int, saved_step: Optional[int] = None) -> int:
         """The optimizer step to continue from, after checking this saved state belongs to the data
-        and settings of this run (`here`, the state of the run at step 0)."""
+        and settings of this run (`here`, the state of the run at step 0). saved_step: the step the
+        checkpoint says it is at, to recognise a changed global batch in older checkpoints."""
         for key in ("seed", "seq_len", "data_fingerprint"):
             if getattr(self, key) != getattr(here, key):
                 raise DataStateError(
                     f"checkpoint data state has {key}={getattr(self, key)!r}, this run has {getattr(here, key)!r}")
+        self.check_batch(global_batch, saved_step)
         if self.samples_consumed % global_batch:
             raise DataStateError(
                 f"checkpoint consumed {self.samples_consumed} samples, not a multiple of the global batch "

@@ -11,6 +11,9 @@ Resuming: after each shard, `build_progress.json` records the shard and the last
 it holds. A rerun skips (without tokenizing) every document already in a written shard and
 continues, so an interrupted build finishes with byte-identical output to an uninterrupted one.
 The index of each split is written last; a finished build is not redone.
+
+The output may be an object-store URI (s3://bucket/corpus): each shard is uploaded as one complete
+object, the progress file after it and the index last, so the same rules hold there.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from ..keys import noise_key
 from .shards import INDEX_NAME, TOKEN_DTYPE, ShardInfo, TokenizerInfo, write_index, write_shard
 from ..errors import BuildError
-from .storage import LocalStorage
+from .storage import join, open_storage
 from .tokenizer import Tokenizer
 
 PROGRESS = "build_progress.json"
@@ -158,9 +161,9 @@ class ShardBuilder:
         self.files = resolve_inputs(cfg.inputs)
         self.tokenizer = Tokenizer.load(cfg.tokenizer)
         self.tok_info = TokenizerInfo(self.tokenizer.fingerprint, self.tokenizer.vocab_size, self.tokenizer.special.eos)
-        self.out = Path(cfg.out_dir)
-        self.storage = {s: LocalStorage(self.out / s) for s in SPLITS}
-        self.root = LocalStorage(self.out)
+        # A directory or an object-store URI: each shard is one complete object, the index last.
+        self.storage = {s: open_storage(join(cfg.out_dir, s)) for s in SPLITS}
+        self.root = open_storage(cfg.out_dir)
         self.settings = {
             "inputs": [(f, os.path.getsize(f) if os.path.isfile(f) else None) for f in self.files],
             "tokenizer": self.tok_info.fingerprint, "text_field": cfg.text_field,
@@ -267,4 +270,4 @@ def build_shards(cfg: BuildConfig, progress_bar: bool = True) -> dict[str, int]:
 
 
 def is_built(out_dir: str | os.PathLike) -> bool:
-    return all((Path(out_dir) / s / INDEX_NAME).is_file() for s in SPLITS)
+    return all(open_storage(join(out_dir, s)).exists(INDEX_NAME) for s in SPLITS)

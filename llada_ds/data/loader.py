@@ -14,7 +14,7 @@ exact global sequence: nothing is skipped or repeated.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch
 from ..errors import DataStateError
 from .batch import DataState, MicroBatch, split_batch
 from .order import global_order
+from .prefetch import Prefetcher
 from .shards import ShardSet
 
 
@@ -59,11 +60,14 @@ class WindowDataset:
 
 
 class DistributedBatches:
-    """The micro-batches rank `rank` of `world` trains on at each optimizer step."""
+    """The micro-batches rank `rank` of `world` trains on at each optimizer step.
+
+    prefetch_steps > 0 reads the windows of that many steps ahead in background threads (for
+    shards in object storage; local shards are memory-mapped and need none)."""
 
     def __init__(
         self, dataset: WindowDataset, global_batch: int, micro_batch: int, rank: int = 0, world: int = 1,
-        document_masking: bool = False,
+        document_masking: bool = False, prefetch_steps: int = 0,
     ) -> None:
         if world <= 0 or not 0 <= rank < world:
             raise ValueError(f"rank {rank} of world size {world}")
@@ -72,6 +76,14 @@ class DistributedBatches:
         self.rank, self.world = rank, world
         self.document_masking = document_masking
         self.per_rank = global_batch // world
+        self._rows = Prefetcher(self._read, prefetch_steps) if prefetch_steps > 0 else self._read
+
+    def _read(self, step: int) -> np.ndarray:
+        return self.dataset.get(self.sample_indices(step))
+
+    def close(self) -> None:
+        if isinstance(self._rows, Prefetcher):
+            self._rows.close()
 
     def sample_indices(self, step: int) -> list[int]:
         start = step * self.global_batch + self.rank * self.per_rank
@@ -79,7 +91,7 @@ class DistributedBatches:
 
     def step(self, step: int) -> list[MicroBatch]:
         indices = self.sample_indices(step)
-        rows = torch.from_numpy(self.dataset.get(indices))  # one vectorised lookup per step
+        rows = torch.from_numpy(self._rows(step))  # one vectorised lookup per step
         out = []
         for i in range(0, len(indices), self.micro_batch):
             chunk = indices[i : i + self.micro_batch]
@@ -96,11 +108,11 @@ class DistributedBatches:
 
     def state(self, steps_done: int) -> DataState:
         return DataState(steps_done * self.global_batch, self.dataset.seed, self.dataset.seq_len,
-                         self.dataset.shards.index.fingerprint)
+                         self.dataset.shards.index.fingerprint, self.global_batch)
 
-    def resume_step(self, state: DataState) -> int:
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
         """The step to continue from, after checking the state belongs to this data and config."""
-        return state.resume_step(self.state(0), self.global_batch)
+        return state.resume_step(self.state(0), self.global_batch, saved_step)
 
 
 def validation_micro_batches(shards: ShardSet, seq_len: int, micro_batch: int, samples: int, rank: int = 0,

@@ -37,7 +37,7 @@ from .build import open_records, resolve_inputs, split_of
 from .chat import encode_chat
 from .order import global_order
 from .shards import ShardSet, TokenizerInfo, write_index, write_shard
-from .storage import LocalStorage
+from .storage import LocalStorage, open_storage
 from .tokenizer import Tokenizer
 
 PAIRS = "pairs.npy"
@@ -102,7 +102,7 @@ class SFTData:
     """One split of an SFT cache: pairs grouped by dialogue, read from the token shards."""
 
     def __init__(self, path: str, tokenizer_fingerprint: Optional[str] = None, verify: str = "full") -> None:
-        self.storage = LocalStorage(path)
+        self.storage = open_storage(path)
         self.shards = ShardSet(self.storage, verify=verify, tokenizer_fingerprint=tokenizer_fingerprint)
         if not self.storage.exists(META):
             raise ShardError(f"{self.storage.describe(META)}: not an SFT cache (build it with llada-ds sft-data)")
@@ -184,8 +184,9 @@ class SFTBatches:
                 for chunk in chunks[self.rank :: self.world]]
 
     def state(self, steps_done: int) -> DataState:
-        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint)
+        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
+                         self.global_batch)
 
-    def resume_step(self, state: DataState) -> int:
-        return state.resume_step(self.state(0), self.global_batch)
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
+        return state.resume_step(self.state(0), self.global_batch, saved_step)
 

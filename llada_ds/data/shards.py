@@ -115,19 +115,21 @@ def file_sha256(storage: Storage, name: str, chunk: int = 1 << 24) -> str:
     h = hashlib.sha256()
     size = storage.size(name)
     for offset in range(0, size, chunk):
-        h.update(storage.read_bytes(name, offset, chunk))
+        h.update(storage.read_bytes(name, offset, min(chunk, size - offset)))
     return h.hexdigest()
 
 
-Verify = Literal["full", "header"]
+Verify = Literal["full", "header", "auto"]
 
 
 class ShardSet:
     """All shards of one split as one random-access token stream.
 
-    Opening checks every shard's presence, size and header (cheap). With verify="full" it also
-    checks the sha256 of the shards in ``verify_shards`` (default all; a distributed reader gives
-    each rank a share so every shard is hashed once per job). Token ids are checked against the
+    Opening checks every shard's presence, size and header (cheap: for object storage, one
+    listing and one batch of concurrent header reads). With verify="full" it also checks the sha256
+    of the shards in ``verify_shards`` (default all; a distributed reader gives each rank a share so
+    every shard is hashed once per job); "auto" is full on a file system and header for object
+    storage, where hashing means downloading the whole set. Token ids are checked against the
     vocabulary as they are read.
     """
 
@@ -143,11 +145,19 @@ class ShardSet:
                 f"{storage.describe(INDEX_NAME)}: shards were built with tokenizer {tok.fingerprint}, "
                 f"but this run uses tokenizer {tokenizer_fingerprint}; re-tokenize or use the matching tokenizer"
             )
-        if verify not in ("full", "header"):
-            raise ValueError(f"data.verify must be 'full' or 'header', got {verify!r}")
+        if verify not in ("full", "header", "auto"):
+            raise ValueError(f"data.verify must be 'full', 'header' or 'auto', got {verify!r}")
+        if verify == "auto":
+            verify = "header" if storage.remote else "full"
         self.vocab_size = tok.vocab_size
         self.eos_id = tok.eos_id
-        self._arrays = [self._open(s) for s in self.index.shards]
+        names = [s.file for s in self.index.shards]
+        sizes = storage.stat_many(names)
+        for info, size in zip(self.index.shards, sizes):
+            self._check_size(info, size)
+        headers = storage.read_many([(n, 0, HEADER_BYTES) for n in names])
+        for info, header in zip(self.index.shards, headers):
+            self._check_header(info, header)
         if verify == "full":
             for i in range(len(self.index.shards)) if verify_shards is None else verify_shards:
                 info = self.index.shards[i]
@@ -155,16 +165,18 @@ class ShardSet:
                     raise ShardError(f"{storage.describe(info.file)}: checksum mismatch (corrupt or replaced shard)")
         self.offsets = np.concatenate(([0], np.cumsum([s.tokens for s in self.index.shards]))).astype(np.int64)
 
-    def _open(self, info: ShardInfo) -> np.ndarray:
+    def _check_size(self, info: ShardInfo, size: int | None) -> None:
         where = self.storage.describe(info.file)
-        if not self.storage.exists(info.file):
+        if size is None:
             raise ShardError(f"{where}: shard listed in the index is missing")
-        size = self.storage.size(info.file)
         if size != info.bytes or size != HEADER_BYTES + info.tokens * TOKEN_DTYPE.itemsize:
             raise ShardError(
                 f"{where}: {size} bytes, the index expects {info.bytes} ({info.tokens} tokens): truncated or corrupt"
             )
-        magic, version, width, tokens, documents = HEADER.unpack(self.storage.read_bytes(info.file, 0, HEADER_BYTES))
+
+    def _check_header(self, info: ShardInfo, header: bytes) -> None:
+        where = self.storage.describe(info.file)
+        magic, version, width, tokens, documents = HEADER.unpack(header)
         if magic != MAGIC:
             raise ShardError(f"{where}: not a llada-ds shard (bad magic {magic!r})")
         if version != FORMAT_VERSION or width != TOKEN_DTYPE.itemsize:
@@ -173,11 +185,14 @@ class ShardSet:
         if tokens != info.tokens or documents != info.documents:
             raise ShardError(f"{where}: header says {tokens} tokens / {documents} documents, "
                              f"the index says {info.tokens} / {info.documents}")
-        return self.storage.array(info.file, TOKEN_DTYPE, HEADER_BYTES, info.tokens)
 
     @property
     def total_tokens(self) -> int:
         return int(self.offsets[-1])
+
+    def _rows(self, shard: int, local_starts: np.ndarray, length: int) -> np.ndarray:
+        """Rows of `length` tokens of one shard (memory-mapped locally, range requests remotely)."""
+        return self.storage.rows(self.index.shards[shard].file, TOKEN_DTYPE, HEADER_BYTES, local_starts, length)
 
     def _check_vocab(self, shard: int, local_start: int, tokens: np.ndarray) -> None:
         if tokens.size and int(tokens.max()) >= self.vocab_size:
@@ -203,7 +218,7 @@ class ShardSet:
         for shard in np.unique(shard_of[inside]):
             rows = np.nonzero(inside & (shard_of == shard))[0]
             local = starts[rows] - self.offsets[shard]
-            block = self._arrays[shard][local[:, None] + np.arange(length)]
+            block = self._rows(int(shard), local, length)
             if block.size and int(block.max()) >= self.vocab_size:
                 r = int(np.argmax((block >= self.vocab_size).any(axis=1)))
                 self._check_vocab(int(shard), int(local[r]), block[r])  # raises, naming the offset
@@ -222,7 +237,7 @@ class ShardSet:
         while filled < length:
             local = pos - int(self.offsets[shard])
             take = min(length - filled, int(self.offsets[shard + 1]) - pos)
-            chunk = self._arrays[shard][local : local + take]
+            chunk = self._rows(shard, np.array([local]), take)[0]
             self._check_vocab(shard, local, chunk)
             out[filled : filled + take] = chunk
             filled += take

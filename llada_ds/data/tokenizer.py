@@ -32,10 +32,16 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import TokenizerError
-from .storage import LocalStorage
+from .storage import LocalStorage, is_uri, local_copy
 
 SP_MODEL = "tokenizer.model"
 META = "llada_tokenizer.json"
+
+def is_tokenizer_file(name: str) -> bool:
+    """Files of a tokenizer folder (ours, or a Hugging Face tokenizer inside a model folder)."""
+    return name.startswith("tokenizer") or name in (META, "special_tokens_map.json", "added_tokens.json",
+                                                    "vocab.json", "merges.txt")
+
 
 MASK, EOT, START_HEADER, END_HEADER = "<|mdm_mask|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"
 USER_SYMBOLS = [MASK, EOT, START_HEADER, END_HEADER]
@@ -68,6 +74,12 @@ class Tokenizer:
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """A folder, or an object-store URI (copied to local disk first)."""
+        if is_uri(path):
+            try:
+                path = local_copy(path)
+            except FileNotFoundError:
+                raise TokenizerError(f"{path}: no tokenizer found (no objects under this URI)") from None
         path = Path(path)
         if (path / SP_MODEL).is_file() and (path / META).is_file():
             return cls._load_sentencepiece(path)
@@ -99,7 +111,10 @@ class Tokenizer:
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            # trust_remote_code=False: a folder whose config.json maps AutoConfig to remote code (any
+            # LLaDA folder) would otherwise make transformers ask on the terminal whether to run it;
+            # the tokenizer itself never needs remote code.
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         except Exception as exc:
             raise TokenizerError(f"{path}: transformers could not load this tokenizer ({exc})") from None
 
@@ -117,20 +132,33 @@ class Tokenizer:
                              start_header=find(START_HEADER), end_header=find(END_HEADER))
         h = hashlib.sha256()
         for name in sorted(os.listdir(path)):
-            if name.startswith("tokenizer") or name in ("special_tokens_map.json", "vocab.json", "merges.txt"):
+            if is_tokenizer_file(name) and name != META:
                 h.update(name.encode() + (path / name).read_bytes())
         return cls(tok, "transformers", special, len(tok), "hf-" + h.hexdigest()[:16], str(path))
 
     # -- saving ----------------------------------------------------------------------------------
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
-        """Write this tokenizer as a Hugging Face tokenizer folder (AutoTokenizer, identical ids)."""
+        """Write this tokenizer as a Hugging Face tokenizer folder (AutoTokenizer, identical ids).
+
+        Our own tokenizer also keeps its sentencepiece model and special ids there, so llada-ds
+        reads the folder back as the same tokenizer (same fingerprint: shards built with it match).
+        """
         out = Path(out_dir)
         if self.kind == "sentencepiece":
             transformers_tokenizer(self.path).save_pretrained(str(out))
             # transformers 5 saves tokenizer.json only; 4.x also needs the sentencepiece model itself.
             shutil.copyfile(Path(self.path) / SP_MODEL, out / SP_MODEL)
+            shutil.copyfile(Path(self.path) / META, out / META)
         else:
             self._backend.save_pretrained(str(out))
+
+    def copy_files(self, out_dir: str | os.PathLike) -> None:
+        """Copy the tokenizer's own files (not the rest of a model folder) into out_dir."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(Path(self.path).iterdir()):
+            if f.is_file() and is_tokenizer_file(f.name):
+                shutil.copyfile(f, out / f.name)
 
     # -- encoding --------------------------------------------------------------------------------
     def _piece(self, i: int) -> str:

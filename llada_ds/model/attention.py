@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -71,7 +73,7 @@ def flash_supports_head_dim(head_dim: int) -> bool:
 
 def _check_flash_head_dim(head_dim: int) -> None:
     if not flash_supports_head_dim(head_dim):
-        raise ValueError(f"flash-attn needs a head dimension that is a multiple of 8 and at most 256, "
+        raise ConfigError(f"flash-attn needs a head dimension that is a multiple of 8 and at most 256, "
                          f"got {head_dim}; use model.attention='sdpa'")
 
 
@@ -170,7 +172,7 @@ class FlashAttention:
             try:
                 from flash_attn import flash_attn_func, flash_attn_varlen_func
             except Exception as exc:
-                raise RuntimeError(
+                raise ConfigError(
                     "model.attention='flash' needs the flash-attn package on a CUDA machine "
                     "(pip install 'llada-ds[gpu]'); use 'sdpa' or 'auto' elsewhere"
                 ) from exc
@@ -209,7 +211,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, causal:
         return FlashAttention(causal=causal) if use_flash else SdpaAttention(causal)
     if name == "flash":
         if device.type != "cuda" or dtype not in _FLASH_DTYPES:
-            raise RuntimeError(
+            raise ConfigError(
                 f"model.attention='flash' runs on CUDA in fp16/bf16, not on {device.type} in {dtype}; "
                 "use 'auto' to fall back to sdpa"
             )

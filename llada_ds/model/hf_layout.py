@@ -27,6 +27,10 @@ _BLOCK = {
     "ffn.down_proj.weight": "ff_out.weight",
 }
 _BLOCK_BACK = {v: k for k, v in _BLOCK.items()}
+# The block's seven weight matrices by their released module names -> our module paths inside a
+# block (what LoRA targets name). The released `ff_out` here is the block's down projection; the
+# top-level `ff_out` (the output head) is not a block module and is never among them.
+BLOCK_LINEARS = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in _BLOCK.items() if "norm" not in k}
 _GLOBAL_BACK = {v: k for k, v in _GLOBAL.items()}
 
 
@@ -49,6 +53,11 @@ def from_llada_name(name: str) -> str:
     if not m or m.group(2) not in _BLOCK_BACK:
         raise KeyError(f"{name!r} is not a LLaDA parameter name")
     return f"layers.{m.group(1)}.{_BLOCK_BACK[m.group(2)]}"
+
+
+def to_llada_module(path: str) -> str:
+    """A module path of ours (layers.N.attn.q_proj) -> its released path (model.transformer.blocks.N.q_proj)."""
+    return to_llada_name(path + ".weight").removesuffix(".weight")
 
 
 def to_llada_state_dict(state: dict) -> dict:

@@ -1,61 +1,60 @@
 """`python -m llada_ds.train`: the one entry point every launcher runs.
 
-    deepspeed --num_gpus N --module llada_ds.train --recipe R [--deepspeed_config ds_configs/zero3.json] [--a.b=c]
-    torchrun --nproc_per_node N -m llada_ds.train --recipe R [--a.b=c]
     llada-ds train --nproc N --recipe R [--a.b=c]
+    torchrun --nproc_per_node N -m llada_ds.train --recipe R [--a.b=c]
+    deepspeed --num_gpus N --module llada_ds.train --recipe R [--deepspeed_config ds_configs/zero3.json] [--a.b=c]
+
+Exit codes: 0 when the run completed or stopped as asked (a checkpoint saved); 2 for a bad recipe,
+override, path or batch split (checked before anything is built); 1 when training failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
 from pathlib import Path
 
-from ..config import load_run_config
+from ..data.storage import is_uri
 from ..errors import LladaError
 from .distributed import exit_process, init_distributed, shutdown_distributed
-from .engine import default_ds_config, load_ds_config
 from .loop import Trainer
+from .preflight import preflight, run_dir_of
+from .signals import StopRequest
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m llada_ds.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", required=True, help="packaged recipe name (tiny, llada-1b, llada-8b) or a .yaml")
-    parser.add_argument("--deepspeed_config", "--deepspeed-config", dest="ds_config", default=None,
-                        help="DeepSpeed JSON (default: the packaged zero3.json on GPU, cpu.json on CPU)")
-    parser.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None,
-                        help="checkpoints, logs and metrics (default runs/RECIPE)")
-    parser.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint dir")
-    parser.add_argument("--stop-after", type=int, default=None,
-                        help="save and exit after this many steps in this process (e.g. a job time limit); "
-                             "the run's numbers do not depend on it")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser.parse_known_args(argv)
+def _log_error(run_dir: str | Path, line: str) -> None:
+    """Errors go to train.log too when the run directory exists locally (a relaunch's failure is on
+    record; a run directory in object storage gets its log with the next checkpoint)."""
+    if not is_uri(str(run_dir)) and Path(run_dir).is_dir():
+        with open(run_dir / "train.log", "a") as f:
+            f.write(line + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    # Catch stop signals from the start: a SIGTERM while the model is being built still ends in a
+    # clean stop (nothing is saved before the first step) instead of a traceback.
+    stop = StopRequest()
+    stop.install()
     # torch 2.13 deprecates collectives DeepSpeed still calls: ~1,000 identical lines per run.
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        cfg = load_run_config(args.recipe, overrides)
-        ds_path = args.ds_config or default_ds_config()
-        ds_config = load_ds_config(ds_path)
+        args, cfg, ds_config = preflight(sys.argv[1:] if argv is None else argv, int(os.environ.get("WORLD_SIZE", 1)))
     except LladaError as exc:
         print(f"llada-ds train: error: {exc}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or f"runs/{Path(args.recipe).stem}")
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    run_dir = run_dir_of(args)
     dist = init_distributed()
     try:
-        trainer = Trainer(cfg, ds_config, run_dir, args.resume, dist)
+        trainer = Trainer(cfg, ds_config, run_dir, args.resume, dist, stop=stop)
         rc = trainer.run(args.stop_after)
     except LladaError as exc:
         # No barrier here: the other ranks may never reach one (the error can be this rank's own).
-        print(f"llada-ds train (rank {dist.rank}): error: {exc}", file=sys.stderr)
+        line = f"llada-ds train (rank {dist.rank}): error: {exc}"
+        print(line, file=sys.stderr)
+        _log_error(run_dir, line)
         return 1
     shutdown_distributed()
     return rc

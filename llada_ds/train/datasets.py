@@ -16,9 +16,9 @@ from ..data.batch import DataState, MicroBatch
 from ..data.loader import DistributedBatches, WindowDataset, validation_micro_batches
 from ..data.sft import SFTBatches, SFTData
 from ..data.shards import ShardIndex, ShardSet
-from ..data.storage import LocalStorage
+from ..data.storage import open_storage
 from ..data.tokenizer import Tokenizer
-from ..errors import ShardError
+from ..errors import ShardError, StorageError
 from .distributed import DistInfo, raise_if_any
 
 
@@ -42,20 +42,22 @@ class RunData:
         error, out = None, []
         try:
             out = self.batches.step(step)
-        except ShardError as exc:  # found on this rank only: tell every rank before anyone waits
+        except (ShardError, StorageError) as exc:  # found on this rank only: tell every rank before anyone waits
             error = str(exc)
         raise_if_any(error, ShardError, dist.device, f"step {step}: another rank read corrupt data (see its log)")
         return out
 
 
-def open_shards(path: str, verify: str, tokenizer: Tokenizer, dist: DistInfo) -> ShardSet:
-    """A shard set on every rank; each rank hashes its share of the shards, errors are shared."""
+def open_shards(path: str, verify: str, tokenizer: Tokenizer, dist: DistInfo, cache_mb: int = 256) -> ShardSet:
+    """A shard set (a directory or an object-store URI) on every rank; each rank hashes its share of
+    the shards, errors are shared."""
     error, shards = None, None
     try:
-        n = len(ShardIndex.load(LocalStorage(path)).shards)
-        shards = ShardSet(LocalStorage(path), verify=verify, tokenizer_fingerprint=tokenizer.fingerprint,
+        storage = open_storage(path, cache_mb * 2**20)
+        n = len(ShardIndex.load(storage).shards)
+        shards = ShardSet(storage, verify=verify, tokenizer_fingerprint=tokenizer.fingerprint,
                           verify_shards=range(dist.rank, n, dist.world))
-    except ShardError as exc:
+    except (ShardError, StorageError) as exc:
         error = str(exc)
     raise_if_any(error, ShardError, dist.device, f"{path}: another rank found a corrupt or mismatching shard (see its log)")
     return shards
@@ -72,12 +74,13 @@ def open_run_data(cfg: RunConfig, tokenizer: Tokenizer, dist: DistInfo) -> RunDa
             validation = lambda: val.validation_micro_batches(  # noqa: E731
                 cfg.eval.samples, t.micro_batch, d.seq_len, dist.rank, dist.world)
         return RunData(batches, validation)
-    shards = open_shards(d.train, d.verify, tokenizer, dist)
+    shards = open_shards(d.train, d.verify, tokenizer, dist, d.cache_mb)
     batches = DistributedBatches(WindowDataset(shards, d.seq_len, d.seed), t.global_batch, t.micro_batch,
-                                 dist.rank, dist.world, d.document_masking)
+                                 dist.rank, dist.world, d.document_masking,
+                                 d.prefetch_steps if shards.storage.remote else 0)
     validation = None
     if d.validation:
-        val_shards = open_shards(d.validation, d.verify, tokenizer, dist)
+        val_shards = open_shards(d.validation, d.verify, tokenizer, dist, d.cache_mb)
         validation = lambda: validation_micro_batches(  # noqa: E731
             val_shards, d.seq_len, t.micro_batch, cfg.eval.samples, dist.rank, dist.world)
     return RunData(batches, validation)

@@ -8,6 +8,7 @@ never disagree. A JSON that sets one of those values itself is refused.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import RunConfig
 from ..data.batch import split_batch
 from ..errors import ConfigError, TrainingError
+from ..lora import inject_lora
 from ..model import LLaDAModel, ModelConfig
 from .optim import group_weight_decay, param_groups
 
@@ -127,12 +129,21 @@ def build_engine(cfg: RunConfig, model_cfg: ModelConfig, ds_config: dict):
             model = LLaDAModel(model_cfg)
     else:
         model = LLaDAModel(model_cfg).to(dtype)
+    lora = cfg.lora.spec()
+    if lora is not None:
+        # Into the plain model (its weights already ZeRO-3 shards), before DeepSpeed wraps it; the
+        # new adapter parameters are partitioned by deepspeed.initialize, and only they train.
+        inject_lora(model, lora, cfg.train.seed)
     wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
     if wrong:
         raise TrainingError(f"the model was built with {', '.join(wrong)} parameters, not {dtype} as "
                             f"train.precision={cfg.train.precision} asks")
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if offload not in ("none", None) and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        print("llada-ds: the optimizer is offloaded to the CPU; DeepSpeed compiles its CPU Adam the first time it "
+              "is used on a machine (about a minute)", file=sys.stderr, flush=True)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_config,
     )

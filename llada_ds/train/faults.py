@@ -15,8 +15,8 @@ class Faults:
         self._done: set[int] = set()
 
     def nonfinite(self, step: int) -> bool:
-        """Whether this step's loss is to be made non-finite (once per process: a step re-run after
-        a recovery is then healthy)."""
+        """Whether step number `step` (counted from 1) gets a non-finite loss (once per process: a
+        step re-run after a recovery is then healthy)."""
         if step in self.cfg.nonfinite_steps and step not in self._done:
             self._done.add(step)
             return True

@@ -28,25 +28,34 @@ from ..config import RunConfig
 from ..data.batch import DataState
 from ..data.tokenizer import Tokenizer
 from ..diffusion import NoiseConfig, StepStats, make_objective
-from ..errors import ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..evaluation import Evaluator, validation_noise
+from ..lora import lora_parameter_count, lora_train_flops_per_token
 from ..model.sizing import count, train_flops_per_token
+from ..weights import RUN_TOKENIZER
 from .checkpoint import Checkpointer
+from .run_dir import copy_tokenizer, self_contained
 from .datasets import open_run_data
-from .distributed import DistInfo, all_reduce_
+from .distributed import DistInfo, all_reduce_, raise_if_any
 from .engine import build_engine, fill_ds_config, repair_universal_load, set_learning_rate
 from .faults import Faults
 from .monitor import Monitor, peak_tflops
 from .recovery import BadStepGuard
+from .remote_run import open_run_dir
 from .schedule import learning_rate
 from .signals import StopRequest
 from .state import RunState, StepResult
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, ds_config: dict, run_dir: Path, resume: str, dist: DistInfo,
-                 on_log: Optional[Callable[[dict], None]] = None) -> None:
-        """on_log: called on every rank at each log interval with that interval's figures."""
+    def __init__(self, cfg: RunConfig, ds_config: dict, run_dir: str | Path, resume: str, dist: DistInfo,
+                 on_log: Optional[Callable[[dict], None]] = None, stop: Optional[StopRequest] = None) -> None:
+        """run_dir: a directory or an object-store URI; on_log: called on every rank at each log
+        interval with that interval's figures; stop: the stop request whose signal handlers the entry
+        point installed (default: installed when the loop starts)."""
+        cfg = self_contained(cfg)
+        # A URI is written through a local mirror (logs) and background uploads (checkpoints).
+        run_dir, self.remote = open_run_dir(run_dir, cfg.checkpoint.local_dir, dist, cfg.faults.upload_delay_seconds)
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.model_cfg = cfg.model.build()
         self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
@@ -62,15 +71,12 @@ class Trainer:
         self.engine, _ = build_engine(cfg, self.model_cfg, fill_ds_config(ds_config, cfg, dist.world))
         self.checkpoints = Checkpointer(self.engine, run_dir, dist, self.model_cfg.to_dict(),
                                         self.tokenizer.fingerprint, cfg.checkpoint.keep_last,
-                                        cfg.faults.save_delay_seconds)
+                                        cfg.faults.save_delay_seconds, lora=cfg.lora.spec(), remote=self.remote)
         self.state = RunState()
         self.guard = BadStepGuard(cfg.recovery)
         self.faults = Faults(cfg.faults)
-        self.stop = StopRequest()
+        self.stop = stop or StopRequest()
         note = self._start(resume)
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.monitor = self._monitor(on_log)
         self.state.wandb_id = self.monitor.wandb_id or self.state.wandb_id
         self.monitor.print(self._banner() + (f"; {note}" if note else ""))
@@ -80,7 +86,7 @@ class Trainer:
         lr = learning_rate(step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule) * self.state.lr_scale
         set_learning_rate(self.engine, lr)
         micro_batches = self.data.step(step, self.dist)
-        poison = self.faults.nonfinite(step)
+        poison = self.faults.nonfinite(step + 1)
         stats, n = StepStats.zeros(self.dist.device), len(micro_batches) * self.dist.world
         for i, mb in enumerate(micro_batches):
             loss, figures = self.objective.loss(self.engine, mb.to(self.dist.device), step)
@@ -127,7 +133,11 @@ class Trainer:
     def run(self, stop_after: Optional[int] = None) -> int:
         """Train to train.steps (or stop_after steps in this process), checkpointing on the way."""
         try:
-            return self._run(stop_after)
+            rc = self._run(stop_after)
+            self.checkpoints.flush()  # object storage: the last save stored and published
+            if self.remote is not None and self.dist.is_main:
+                self.remote.push_logs()
+            return rc
         finally:
             self.monitor.close()  # also on an error: the log and wandb are flushed
 
@@ -137,14 +147,18 @@ class Trainer:
             self.monitor.print(f"nothing to do: the run already completed its {cfg.train.steps} steps")
             return 0
         self.stop.install()
-        stop_at = cfg.train.steps if stop_after is None else min(cfg.train.steps, state.step + stop_after)
+        if self.stop.requested:
+            self.monitor.print("stop requested by a signal before the first step: nothing new to save; exiting")
+            return 0
+        first = state.step
+        stop_at = cfg.train.steps if stop_after is None else min(cfg.train.steps, first + stop_after)
         if state.step == 0 and cfg.eval.every:
             self.validate()  # the starting point of the validation curve
         while state.step < stop_at:
             r = self.train_step(state.step)
             self.guard.record(r.loss, r.skipped, state)
             if r.skipped:
-                self.monitor.print(f"step {r.step}: update skipped ({r.reason}); {self.guard.bad_in_a_row} bad "
+                self.monitor.print(f"step {r.number}: update skipped ({r.reason}); {self.guard.bad_in_a_row} bad "
                                    "step(s) in a row")
             state.step, state.tokens_seen = r.step + 1, state.tokens_seen + int(r.tokens)
             self.monitor.report_step(r, state)
@@ -163,7 +177,8 @@ class Trainer:
                 self.save()
         if state.step < cfg.train.steps:
             path = self.save()
-            self.monitor.print(f"stopped after {state.step} steps as asked: saved {path.name}; resume with --resume auto")
+            self.monitor.print(f"stopped at step {state.step} after {state.step - first} step(s) in this process as "
+                               f"asked: saved {path.name}; resume with --resume auto")
             return 0
         self.validate()
         path = self.save()
@@ -174,7 +189,7 @@ class Trainer:
         loss = None if self.evaluator is None else self.evaluator(self.engine)
         if loss is not None:
             self.monitor.print(f"step {self.state.step:7d} | validation loss {loss:.4f}")
-            self.monitor.step({"step": self.state.step - 1, "val_loss": loss})
+            self.monitor.step({"step": self.state.step, "val_loss": loss})
         return loss
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -184,6 +199,18 @@ class Trainer:
                 "world_size": self.dist.world, "config": self.cfg.to_dict()}
 
     def save(self) -> Path:
+        """A checkpoint of the current step, with the run directory's config.yaml (the settings of the
+        latest checkpoint, so a failed relaunch never leaves its own there) and, once, a copy of the
+        tokenizer (so the run directory is self-contained)."""
+        error = None
+        if self.dist.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+                copy_tokenizer(self.tokenizer, self.run_dir / RUN_TOKENIZER)
+            except OSError as exc:
+                error = f"writing {self.run_dir}: {exc}"
+        raise_if_any(error, CheckpointError, self.dist.device, f"rank 0 could not write {self.run_dir} (see its log)")
         return self.checkpoints.save(self.state.step, self.run_state())
 
     def _load(self, ckpt: Path) -> tuple[dict, Optional[Path]]:
@@ -194,17 +221,20 @@ class Trainer:
             repair_universal_load(self.engine, self.cfg)
         wandb_id = self.state.wandb_id
         self.state.restore(saved)
-        self.state.step = self.data.batches.resume_step(DataState.from_dict(saved["data"]))
+        self.state.step = self.data.batches.resume_step(DataState.from_dict(saved["data"]), saved.get("step"))
         self.state.wandb_id = self.state.wandb_id or wandb_id
         return saved, via
 
     def _start(self, resume: str) -> str:
         """Continue from a checkpoint, or start from init_from's weights, or from scratch; a note."""
         ckpt = self.checkpoints.pick(resume)
+        base = self.checkpoints.load_base(self.cfg.train.init_from, ckpt)  # LoRA: the frozen base first
         if ckpt is not None:
             saved, via = self._load(ckpt)
-            return "" if via is None else (f"resumed from {ckpt} (written by {saved.get('world_size')} ranks) "
-                                           f"through its universal form {via}")
+            return base if via is None else (f"resumed from {ckpt} (written by {saved.get('world_size')} ranks) "
+                                             f"through its universal form {via}" + (f"; {base}" if base else ""))
+        if base:
+            return base
         if self.cfg.train.init_from:
             return f"weights initialised from {self.checkpoints.init_weights(self.cfg.train.init_from)}"
         return ""
@@ -230,16 +260,23 @@ class Trainer:
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         # Only rank 0 reports (on CPU the peak is measured: no need to run that on every rank).
         self.peak, self.peak_source = peak_tflops(dist.device, dtype, cfg.log.peak_tflops) if dist.is_main else (0.0, "")
-        wandb_cfg = ({"project": cfg.log.wandb_project, "id": self.state.wandb_id, "config": cfg.to_dict()}
+        wandb_cfg = ({"project": cfg.log.wandb_project, "entity": cfg.log.wandb_entity, "name": cfg.log.wandb_name,
+                      "tags": cfg.log.wandb_tags, "id": self.state.wandb_id, "config": cfg.to_dict()}
                      if cfg.log.wandb else None)
-        self.flops_per_token = train_flops_per_token(self.model_cfg, cfg.data.seq_len, count(self.model_cfg))
+        lora = cfg.lora.spec()
+        self.flops_per_token = (train_flops_per_token(self.model_cfg, cfg.data.seq_len, count(self.model_cfg))
+                                if lora is None else lora_train_flops_per_token(self.model_cfg, cfg.data.seq_len, lora))
         return Monitor(self.run_dir, dist.is_main, self.flops_per_token, self.peak, dist.world, wandb_cfg,
                        log_every=cfg.log.every, total_steps=cfg.train.steps, global_batch=cfg.train.global_batch,
                        show_padding=cfg.objective.kind == "sft", device=dist.device, on_log=on_log)
 
     def _banner(self) -> str:
         cfg, dist = self.cfg, self.dist
-        return (f"llada-ds: {count(self.model_cfg).total:,} parameters, {dist.world} rank(s) on {dist.device.type}, "
+        lora = cfg.lora.spec()
+        trainable = "" if lora is None else \
+            f" ({lora_parameter_count(self.model_cfg, lora.rank, lora.targets):,} trainable: LoRA adapters)"
+        return (f"llada-ds: {count(self.model_cfg).total:,} parameters{trainable}, {dist.world} rank(s) on "
+                f"{dist.device.type}, "
                 f"global batch {cfg.train.global_batch} x {cfg.data.seq_len} tokens "
                 f"(micro {cfg.train.micro_batch}, accumulation {self.data.batches.accumulation}), {cfg.train.precision}, "
                 f"peak {self.peak:.2f} TFLOP/s per device ({self.peak_source}); starting at step {self.state.step}")

@@ -67,7 +67,9 @@ def describe(cfg: ModelConfig, name: str, n_gpus: int = 8, gpus_per_node: int = 
         f"  parameters  {params.total:,} (embedding {params.embedding:,}; matmul {params.matmul:,})",
         f"  train FLOPs {flops:.4g} per token at seq {seq_len} "
         f"(6 x {params.matmul:,} + 12 x {cfg.n_layers} x {cfg.d_model} x {seq_len}; attention counted fully)",
-        f"  ZeRO-3 model states on {n_gpus} GPU(s), {min(n_gpus, gpus_per_node)} per node (DeepSpeed estimator, "
+        f"  ZeRO-3 model states on {n_gpus} GPU(s), "
+        + (f"{gpus_per_node} per node" if n_gpus >= gpus_per_node else f"all on one node (of {gpus_per_node} GPUs)")
+        + " (DeepSpeed estimator, "
         "bf16 + fp32 Adam, zero.Init):",
     ]
     for row in zero3_model_state_memory(params, n_gpus, gpus_per_node):

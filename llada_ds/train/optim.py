@@ -18,14 +18,17 @@ def group_weight_decay(weight_decay: float) -> list[float]:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings; none on norm weights (1-D)."""
+    """Weight decay on matrices and embeddings; none on norm weights (1-D). Only trainable
+    parameters (with LoRA: the adapters, all matrices, so one group); empty groups are left out."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         # Under zero.Init a parameter's data is an empty shard: its real shape is ds_shape.
         shape = getattr(p, "ds_shape", p.shape)
         (decay if len(shape) >= 2 else no_decay).append(p)
     return [{"params": group, "weight_decay": wd}
-            for group, wd in zip((decay, no_decay), group_weight_decay(weight_decay))]
+            for group, wd in zip((decay, no_decay), group_weight_decay(weight_decay)) if group]
 
 
 def adamw(model: nn.Module, optim: OptimSection) -> torch.optim.AdamW:

@@ -28,7 +28,9 @@ def train_plain(model: torch.nn.Module, objective: Objective, batches: Callable[
     """Train steps [start, start + steps); each step's loss is the mean of its micro-batches' losses.
 
     Gradients of the micro-batches of a step are accumulated (each loss divided by their number,
-    as DeepSpeed does), clipped to grad_clip (0: no clipping), then one optimizer step.
+    as DeepSpeed does), clipped to grad_clip (0: no clipping), then one optimizer step. Only the
+    parameters that require gradients train and count in the clipping norm, as in the engine: with
+    a peft-wrapped model (LoRA) the adapters, the reference of the LoRA trainer's tests.
     """
     losses = []
     model.train()
@@ -44,7 +46,7 @@ def train_plain(model: torch.nn.Module, objective: Objective, batches: Callable[
             total += loss.item()
             stats = stats + figures
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
         optimizer.step()
         losses.append(total / len(micro))
         if on_step is not None:

@@ -33,6 +33,7 @@ from typing import Callable, Optional
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
 from ..errors import ConfigError
+from ..lora import TARGETS, lora_parameter_count
 from ..model.config import ModelConfig
 from ..model.sizing import ParameterCount, activation_bytes, count
 
@@ -41,16 +42,12 @@ RESERVE = 0.10  # share of the GPU's memory kept free (CUDA context, NCCL, fragm
 MIN_MICRO_WITHOUT_CHECKPOINTING = 2
 MAX_MICRO = 256
 PLACEMENTS = (("none", False, False), ("optimizer", True, False), ("optimizer+params", True, True))
-LORA_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-def lora_parameters(cfg: ModelConfig, rank: int) -> int:
-    """Trainable parameters of rank-r LoRA on the seven block matrices (q, k, v, o, gate, up, down)
-    of every layer: r x (in + out) per matrix, from the shapes alone."""
-    d, kv, f = cfg.d_model, cfg.kv_heads * cfg.head_dim, cfg.ffn_hidden_size
-    shapes = [(d, cfg.n_heads * cfg.head_dim), (d, kv), (d, kv), (cfg.n_heads * cfg.head_dim, d), (d, f), (d, f),
-              (f, d)]
-    return cfg.n_layers * sum(rank * (i + o) for i, o in shapes)
+def lora_parameters(cfg: ModelConfig, rank: int, targets: tuple[str, ...] = TARGETS) -> int:
+    """Trainable parameters of rank-r LoRA on the targeted block matrices (default all seven) of
+    every layer: r x (in + out) per matrix, from the shapes alone."""
+    return lora_parameter_count(cfg, rank, targets)
 
 
 @dataclass(frozen=True)
@@ -139,9 +136,9 @@ def plan(cfg: ModelConfig, states: list[States], seq_len: int, gpu_bytes: int, m
 
 
 def plans(cfg: ModelConfig, n_gpus: int, gpu_memory_gb: float, seq_len: Optional[int] = None,
-          lora_rank: int = 0, gpus_per_node: int = 8) -> list[Plan]:
+          lora_rank: int = 0, gpus_per_node: int = 8, lora_targets: tuple[str, ...] = TARGETS) -> list[Plan]:
     """Full training (pre-training and SFT: the same memory at the same sequence length, an SFT
-    batch never scores more rows than a pre-training one), and LoRA when lora_rank > 0."""
+    batch never scores more rows than a pre-training one), and LoRA of lora_targets when lora_rank > 0."""
     seq_len = seq_len or cfg.max_seq_len
     per_node = min(n_gpus, gpus_per_node)
     if n_gpus <= 0 or n_gpus % per_node:
@@ -153,22 +150,22 @@ def plans(cfg: ModelConfig, n_gpus: int, gpu_memory_gb: float, seq_len: Optional
     full = full_states(params, n_gpus, per_node)
     out = [plan(cfg, full, seq_len, gpu_bytes, "pre-training and SFT")]
     if lora_rank:
-        trainable = lora_parameters(cfg, lora_rank)
+        trainable = lora_parameters(cfg, lora_rank, lora_targets)
         # Per adapted matrix and token: the rank-r intermediate (bf16) the second factor keeps.
-        extra = lambda tokens: tokens * len(LORA_MATRICES) * lora_rank * 2  # noqa: E731
+        extra = lambda tokens: tokens * len(lora_targets) * lora_rank * 2  # noqa: E731
         out.append(plan(cfg, lora_states(params, trainable, n_gpus, per_node), seq_len, gpu_bytes,
                         f"LoRA rank {lora_rank} ({trainable:,} trainable parameters)", extra))
     return out
 
 
 def describe_plans(cfg: ModelConfig, n_gpus: int, gpu_memory_gb: float, seq_len: Optional[int] = None,
-                   lora_rank: int = 0, gpus_per_node: int = 8) -> str:
+                   lora_rank: int = 0, gpus_per_node: int = 8, lora_targets: tuple[str, ...] = TARGETS) -> str:
     """The planner's part of `llada-ds info`."""
     seq_len = seq_len or cfg.max_seq_len
     lines = [f"  memory plan: {n_gpus} GPU(s) of {gpu_memory_gb:g} GB, sequences of {seq_len}, bf16, ZeRO-3 "
              f"({100 * RESERVE:.0f}% of each GPU kept free; model states: DeepSpeed's estimator, LoRA's our "
              "formula; activations and head: our measured model)"]
-    for p in plans(cfg, n_gpus, gpu_memory_gb, seq_len, lora_rank, gpus_per_node):
+    for p in plans(cfg, n_gpus, gpu_memory_gb, seq_len, lora_rank, gpus_per_node, lora_targets):
         lines.append(f"  {p.mode}:")
         lines.append(f"    {'offloaded':<17} {'checkpointing':<14} {'micro batch':>11} {'states GiB':>11} "
                      f"{'activations GiB':>16} {'total GiB':>10}")

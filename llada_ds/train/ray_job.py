@@ -15,10 +15,12 @@ launcher. What Ray adds is the orchestration:
   (converted once, by rank 0; see elastic.py), with the same global batch and the gradient
   accumulation recomputed.
 
-Checkpoints are written where every worker can read them: `--storage` must be a file system that
-all nodes share (NFS, Lustre, a FUSE-mounted bucket, or a local path on a single-node cluster).
-The run directory is STORAGE/NAME, the same layout as the other launchers, so a run can move
-between Ray, torchrun and the deepspeed launcher.
+Checkpoints are written where every worker can read them: `--storage` is either a file system
+that all nodes share (NFS, Lustre, a FUSE-mounted bucket, or a local path on a single-node
+cluster; the workers check that they all see it) or an object-store URI (s3://bucket/prefix,
+gs://...), for nodes that share nothing but the bucket: each worker stages its checkpoint files on
+its own disk and uploads them (remote_run.py). The run directory is STORAGE/NAME, the same layout
+as the other launchers, so a run can move between Ray, torchrun and the deepspeed launcher.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -39,11 +42,14 @@ import torch
 
 from ..config import RunConfig, load_run_config
 from ..data.batch import split_batch
-from ..errors import BatchSplitError, ConfigError, TrainingError
-from ..weights import CHECKPOINTS, latest_checkpoint, read_run_state
+from ..data.object_store import ObjectStorage
+from ..data.storage import is_uri, join, open_storage
+from ..errors import BatchSplitError, ConfigError, StorageError, TrainingError
+from ..weights import CHECKPOINTS, LATEST, RUN_STATE, latest_checkpoint, read_run_state
 from .distributed import DistInfo, all_reduce_sum, from_main, init_distributed
 from .engine import default_ds_config, load_ds_config
 from .loop import Trainer
+from .preflight import check_run
 
 EXIT_CONFIG, EXIT_FAILED = 2, 1
 
@@ -140,6 +146,23 @@ def _check_shared_storage(run_dir: Path, dist: DistInfo) -> None:
                           "be a file system shared by every node of the cluster")
 
 
+def _latest_state(run_dir: str) -> dict:
+    """The run state of the run's latest complete checkpoint (with "path": where it is), {} if none."""
+    if is_uri(run_dir):
+        store = ObjectStorage(join(run_dir, CHECKPOINTS))
+        if not store.exists(LATEST):
+            return {}
+        tag = store.read_bytes(LATEST).decode().strip()
+        return {**json.loads(store.read_bytes(f"{tag}/{RUN_STATE}")), "path": store.describe(tag)}
+    found = latest_checkpoint(Path(run_dir) / CHECKPOINTS)
+    return {**read_run_state(found), "path": str(found)} if found else {}
+
+
+def _exists(location: str) -> bool:
+    """A file or folder (a local path, or any object under a URI prefix)."""
+    return bool(ObjectStorage(location).sizes()) if is_uri(location) else Path(location).exists()
+
+
 def train_worker(config: dict) -> None:
     """Ray Train's train_loop_per_worker: one rank of the run."""
     import ray.train
@@ -150,16 +173,18 @@ def train_worker(config: dict) -> None:
     cfg = load_run_config(spec.recipe, spec.overrides)
     ds_config = load_ds_config(spec.ds_config or default_ds_config())
     dist = init_distributed()  # reuses the process group Ray Train created
-    run_dir = Path(spec.run_dir)
-    _check_shared_storage(run_dir, dist)
+    run_dir = spec.run_dir
+    if not is_uri(run_dir):  # an object store is one namespace for every node by construction
+        _check_shared_storage(Path(run_dir), dist)
+    workers = open_storage(join(run_dir, "workers"))
     # Where each rank runs (host, pid): for operators, and for the fault-injection tests.
-    (run_dir / "workers" / f"rank-{dist.rank}.json").write_text(json.dumps(
+    workers.write_atomic(f"rank-{dist.rank}.json", (json.dumps(
         {"pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(),
-         "world_size": dist.world, "time": time.time()}) + "\n")
+         "world_size": dist.world, "time": time.time()}) + "\n").encode())
     trainer = Trainer(cfg, ds_config, run_dir, "auto", dist, on_log=lambda record: ray.train.report(record))
     stop_after = None
     if spec.stop_after is not None:  # counted from where the job started, not from this attempt
-        first = json.loads(Path(run_dir / "workers" / "job-start.json").read_text())["step"]
+        first = json.loads(workers.read_bytes("job-start.json"))["step"]
         stop_after = max(0, first + spec.stop_after - trainer.state.step)
     if stop_after == 0:  # an earlier attempt of this job got there already
         trainer.monitor.close()
@@ -178,7 +203,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="GPUs per worker (default 1 if the cluster has GPUs, else 0: CPU workers with gloo)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
     p.add_argument("--storage", default=os.path.expanduser("~/llada-ds-runs"),
-                   help="shared file system path for run directories (default ~/llada-ds-runs: one-node clusters only)")
+                   help="where run directories go: a file system path every node shares, or an object-store URI "
+                        "(s3://bucket/prefix, gs://...) (default ~/llada-ds-runs: one-node clusters only)")
     p.add_argument("--name", default=None, help="run name: the run directory is STORAGE/NAME (default: recipe name); "
                                                 "submitting again with the same name resumes the run")
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="ds_config", default=None,
@@ -195,16 +221,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def build_spec(args: argparse.Namespace, overrides: list[str]) -> tuple[JobSpec, RunConfig]:
     """Validate everything that can be validated before any worker starts (bad input: ConfigError)."""
-    if "://" in args.storage and not args.storage.startswith("file://"):
-        raise ConfigError(f"--storage {args.storage}: object-store URIs are not supported yet; mount the bucket "
-                          "(e.g. gcsfuse, mountpoint-s3) or use a shared file system path")
-    storage = Path(args.storage.removeprefix("file://")).expanduser().resolve()
+    storage = args.storage.rstrip("/") if is_uri(args.storage) else \
+        str(Path(args.storage.removeprefix("file://")).expanduser().resolve())
     cfg = load_run_config(args.recipe, overrides)
-    for key in ("train", "validation", "tokenizer"):  # found here, not after minutes of worker restarts
-        value = getattr(cfg.data, key)
-        if value and not Path(value).exists():
-            raise ConfigError(f"data.{key}={value}: no such file or directory (the job's nodes must all see it: "
-                              "a shared file system path, or relative to the submitted working dir)")
+    try:
+        if is_uri(storage):
+            ObjectStorage(storage).check_bucket()  # a missing bucket or wrong credentials: now, not in a worker
+        for key in ("train", "validation", "tokenizer"):  # found here, not after minutes of worker restarts
+            value = getattr(cfg.data, key)
+            if value and not _exists(value):
+                raise ConfigError(f"data.{key}={value}: no such file or directory (the job's nodes must all see it: "
+                                  "an object-store URI, a shared file system path, or relative to the submitted "
+                                  "working dir)")
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
+    check_run(cfg)  # the tokenizer, the attention backend, wandb: before any worker starts
     if args.ds_config is not None and not Path(args.ds_config).is_file():
         raise ConfigError(f"DeepSpeed config {args.ds_config} does not exist")
     lo, hi = parse_workers(args.workers)
@@ -220,7 +251,7 @@ def build_spec(args: argparse.Namespace, overrides: list[str]) -> tuple[JobSpec,
     passthrough = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "LLADA_DS_VERBOSE", "WANDB_API_KEY", "WANDB_MODE")
                    if k in os.environ}
     spec = JobSpec(recipe=str(Path(args.recipe).resolve()) if Path(args.recipe).is_file() else args.recipe,
-                   overrides=overrides, run_dir=str(storage / name),
+                   overrides=overrides, run_dir=join(storage, name),
                    ds_config=str(Path(args.ds_config).resolve()) if args.ds_config else None,
                    min_workers=lo, max_workers=hi, gpus_per_worker=args.gpus_per_worker or 0.0,
                    cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
@@ -249,7 +280,10 @@ def fit(spec: JobSpec, use_gpu: bool):
     trainer = TorchTrainer(
         train_worker, train_loop_config=asdict(spec), scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RayRunConfig(name=spec.name, storage_path=str(Path(spec.run_dir).parent / ".ray"),
+        # Ray's own bookkeeping (we report no Ray checkpoints): beside the runs, or for a bucket on
+        # the driver's disk (Ray would otherwise need its own credentials for pyarrow's client).
+        run_config=RayRunConfig(name=spec.name, storage_path=os.path.join(tempfile.gettempdir(), "llada-ds-ray")
+                                if is_uri(spec.run_dir) else str(Path(spec.run_dir).parent / ".ray"),
                                 failure_config=FailureConfig(max_failures=spec.max_failures)),
     )
     return trainer.fit()
@@ -277,11 +311,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.gpus_per_worker is None:
         spec = JobSpec(**{**asdict(spec), "gpus_per_worker": 1.0 if cluster_gpus else 0.0})
     use_gpu = spec.gpus_per_worker > 0
-    Path(spec.run_dir, "workers").mkdir(parents=True, exist_ok=True)
     # --stop-after counts from the step this job found, whatever restarts happen inside it.
-    found = latest_checkpoint(Path(spec.run_dir) / CHECKPOINTS)
-    (Path(spec.run_dir) / "workers" / "job-start.json").write_text(
-        json.dumps({"step": read_run_state(found)["step"] if found else 0, "time": time.time()}) + "\n")
+    found = _latest_state(spec.run_dir)
+    open_storage(join(spec.run_dir, "workers")).write_atomic("job-start.json", (json.dumps(
+        {"step": found.get("step", 0), "time": time.time()}) + "\n").encode())
     print(f"llada-ds ray job: run {spec.run_dir}, {spec.min_workers}"
           f"{'' if spec.max_workers == spec.min_workers else f' to {spec.max_workers}'} worker(s) x "
           f"{f'{spec.gpus_per_worker:g} GPU' if use_gpu else f'{spec.cpus_per_worker:g} CPU'}, "
@@ -294,8 +327,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"cluster/train.py: training failed for good (after up to {spec.max_failures} restart(s)): {exc}",
               file=sys.stderr, flush=True)
         return EXIT_FAILED
-    final = latest_checkpoint(Path(spec.run_dir) / CHECKPOINTS)
-    state = read_run_state(final) if final else {}
+    state = _latest_state(spec.run_dir)
     print(f"llada-ds ray job: done at step {state.get('step')} of {cfg.train.steps} on {state.get('world_size')} "
-          f"worker(s); checkpoint {final}; Ray Train result in {result.path}", flush=True)
+          f"worker(s); checkpoint {state.get('path')}; Ray Train result in {result.path}", flush=True)
     return 0

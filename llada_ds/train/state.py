@@ -13,7 +13,7 @@ from typing import Optional
 
 @dataclass
 class RunState:
-    step: int = 0  # optimizer steps done
+    step: int = 0  # optimizer steps done (the index of the next step to run)
     tokens_seen: int = 0
     lr_scale: float = 1.0  # lowered by each recovery (recovery.lr_factor)
     recoveries: int = 0
@@ -36,7 +36,12 @@ class RunState:
 
 @dataclass
 class StepResult:
-    """What one optimizer step produced, as the loop, the guard and the monitor read it."""
+    """What one optimizer step produced, as the loop, the guard and the monitor read it.
+
+    `step` is the step's index, counted from 0: it keys the data order, the noise and the
+    schedule. Everything shown to users counts steps from 1 (`number`): "step 5" is the fifth
+    optimizer step, after which 5 steps are done and a checkpoint of it is step-00000005.
+    """
 
     step: int
     loss: float  # the global mean of the micro-batch losses
@@ -50,6 +55,10 @@ class StepResult:
     padding: float  # EOS padding tokens among `tokens` (SFT)
     bucket_loss: list  # per t-bucket sums of per-sample normalised losses
     bucket_count: list
+
+    @property
+    def number(self) -> int:
+        return self.step + 1
 
     @property
     def skipped(self) -> bool:

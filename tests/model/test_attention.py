@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from llada_ds.errors import ConfigError
 from llada_ds.model.attention import (
     EagerAttention, FlashAttention, SdpaAttention, block_diagonal_mask, cu_seqlens_from_doc_ids,
     resolve_backend, segment_ids,
@@ -125,7 +126,7 @@ def test_auto_falls_back_to_sdpa_without_cuda_and_flash_refuses_cpu():
     assert resolve_backend("auto", torch.device("cpu"), torch.float32).name == "sdpa"
     assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16).name == "sdpa"
     assert resolve_backend("eager", torch.device("cpu"), torch.float32).name == "eager"
-    with pytest.raises(RuntimeError, match="CUDA"):
+    with pytest.raises(ConfigError, match="CUDA"):  # a setting the user can fix: one line, no traceback
         resolve_backend("flash", torch.device("cpu"), torch.bfloat16)
 
 

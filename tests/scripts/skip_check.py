@@ -32,7 +32,7 @@ def same(a, b):
 
 def main():
     recipe, tmp = sys.argv[1], Path(sys.argv[2])
-    cfg = load_run_config(recipe, ["--faults.nonfinite_steps=[1]", "--eval.every=0",
+    cfg = load_run_config(recipe, ["--faults.nonfinite_steps=[2]", "--eval.every=0",
                                    "--recovery.spike_factor=10", "--recovery.spike_warmup_steps=1"])
     dist = init_distributed()
     trainer = Trainer(cfg, load_ds_config(str(REPO / "ds_configs" / "cpu.json")), tmp / "run", "never", dist)

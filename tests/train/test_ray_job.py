@@ -41,7 +41,7 @@ def test_the_elastic_policy_rounds_rays_choice_down_to_an_allowed_size(monkeypat
     assert not isinstance(dpt.create_scaling_policy(ScalingConfig(num_workers=2)), AllowedSizesElasticPolicy)
 
 
-def test_the_driver_refuses_bad_arguments_before_any_worker_starts(recipe, tmp_path):
+def test_the_driver_refuses_bad_arguments_before_any_worker_starts(recipe, tmp_path, s3):
     from llada_ds.train.ray_job import build_spec, parse_args
 
     def spec(*argv):
@@ -49,9 +49,14 @@ def test_the_driver_refuses_bad_arguments_before_any_worker_starts(recipe, tmp_p
 
     good, cfg = spec("--workers", "1:4", "--train.steps=5")
     assert good.allowed_sizes == [1, 2, 4] and cfg.train.steps == 5 and good.run_dir == str(tmp_path / "recipe")
+    bucket = s3.bucket("runs")  # an object store: the run dir is a URI (pathlib would fold its //)
+    good, _ = spec("--workers", "2", "--storage", f"s3://{bucket}/runs/")
+    assert good.run_dir == f"s3://{bucket}/runs/recipe"
     for argv, message in ((["--workers", "2", "--gpus-per-worker", "8"], "count GPUs with --workers"),
                           (["--workers", "2", "--stop-after", "0"], "--stop-after 0"),
-                          (["--workers", "2", "--storage", "s3://bucket/runs"], "object-store URIs"),
+                          (["--workers", "2", "--storage", "s3://no-such-bucket-r/runs"],
+                           "s3://no-such-bucket-r: no such bucket"),
+                          (["--workers", "2", "--data.train=s3://no-such-bucket-r/train"], "no such bucket"),
                           (["--workers", "2", f"--data.train={tmp_path / 'nowhere'}"], "data.train="),
                           (["--workers", "2", "--train.global_batch=-8"], "global_batch")):
         with pytest.raises(ConfigError, match=message):

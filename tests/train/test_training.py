@@ -52,9 +52,9 @@ def test_two_rank_zero3_matches_a_plain_single_process_loop(recipe, tmp_path):
     res = torchrun(recipe, tmp_path / "run")
     got = step_losses(tmp_path / "run")
     ref = reference_losses(recipe, STEPS)
-    assert sorted(got) == list(range(STEPS))
+    assert sorted(got) == list(range(1, STEPS + 1))  # steps are counted from 1
     for step in range(STEPS):
-        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (step, got[step], ref[step])
+        assert got[step + 1] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (step, got[step + 1], ref[step])
     assert ref[-1] < ref[0]
     # The run logged what the conventions ask for.
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -109,7 +109,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(recipe, tmp_path):
     state = json.loads((run / "checkpoints" / tag / RUN_STATE).read_text())
     assert 3 <= state["step"] < 400
     torchrun(recipe, run, "--train.steps=400", "--checkpoint.every=0", "--eval.every=0", "--stop-after", "2")
-    assert max(step_losses(run)) == state["step"] + 1
+    assert max(step_losses(run)) == state["step"] + 2  # two more steps, counted from 1
 
 
 @pytest.mark.timeout(600)
@@ -136,20 +136,20 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint_usable(recipe, tmp_
 @pytest.mark.timeout(600)
 def test_non_finite_losses_skip_updates_then_recover_from_the_last_checkpoint(recipe, tmp_path):
     run = tmp_path / "run"
-    res = torchrun(recipe, run, "--faults.nonfinite_steps=[5, 6, 7]", "--recovery.max_bad_steps=3",
+    res = torchrun(recipe, run, "--faults.nonfinite_steps=[6, 7, 8]", "--recovery.max_bad_steps=3",
                    "--eval.every=0")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     skipped = [r["step"] for r in lines if r.get("skipped")]
-    assert skipped == [5, 6, 7]
+    assert skipped == [6, 7, 8]
     assert "recovery 1: reloaded step-00000004" in res.stdout
-    # After the reload, step 4 sees the same weights, data and noise as the first time...
+    # After the reload, step 5 sees the same weights, data and noise as the first time...
     firsts = {}
     for r in lines:
         firsts.setdefault(r["step"], []).append(r)
-    assert [r["loss"] for r in firsts[4]][0] == [r["loss"] for r in firsts[4]][1]
+    assert [r["loss"] for r in firsts[5]][0] == [r["loss"] for r in firsts[5]][1]
     # ...but trains at half the learning rate from then on, to the end.
-    assert firsts[4][1]["lr_scale"] == 0.5 and firsts[4][1]["lr"] == pytest.approx(firsts[4][0]["lr"] * 0.5)
-    assert max(firsts) == STEPS - 1
+    assert firsts[5][1]["lr_scale"] == 0.5 and firsts[5][1]["lr"] == pytest.approx(firsts[5][0]["lr"] * 0.5)
+    assert max(firsts) == STEPS
     state = json.loads((run / "checkpoints" / (run / "checkpoints" / LATEST).read_text() / RUN_STATE).read_text())
     assert state["recoveries"] == 1 and state["lr_scale"] == 0.5
 
@@ -202,7 +202,7 @@ def test_autoregressive_baseline_trains_with_the_same_loop(recipe, tmp_path):
     run = tmp_path / "run"
     torchrun(recipe, run, "--objective.kind=ar", "--train.steps=6", "--eval.samples=8", "--eval.every=0")
     losses = step_losses(run)
-    assert sorted(losses) == list(range(6)) and losses[5] < losses[0]
+    assert sorted(losses) == list(range(1, 7)) and losses[6] < losses[1]
     vals = [json.loads(x)["val_loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
     assert vals and vals[-1] < 9.0
 
@@ -221,7 +221,7 @@ def test_sft_training_is_the_same_on_one_and_two_ranks(recipe, sp_tokenizer, tmp
     torchrun(recipe, tmp_path / "one", *args, nproc=1)
     res = torchrun(recipe, tmp_path / "two", *args)
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
-    assert sorted(one) == list(range(6))
+    assert sorted(one) == list(range(1, 7))
     for s in one:
         assert two[s] == pytest.approx(one[s], rel=1e-5)
     assert "padding" in res.stdout and "validation loss" in res.stdout
