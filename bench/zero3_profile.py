@@ -7,7 +7,8 @@ parameter gathers, gradient reduce-scatter, DeepSpeed's other hook work, the opt
 model forward / backward compute, the forward process (noise, masking) and data, the loss.
 
 Usage: python bench/zero3_profile.py [--steps 8] [--deepspeed-config ds_configs/cpu.json]
-       [--rate 100] [--set train.micro_batch=8 ...]
+       [--variant KEY=VALUE[,KEY=VALUE]] [--rate 100] [--set train.micro_batch=8 ...]
+(--variant: changes to the config's zero_optimization section, as in bench/train_bench.py.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from train_bench import write_recipe  # noqa: E402
+from train_bench import ds_variant, write_recipe  # noqa: E402
 
 # Each sample is attributed to its innermost frame that one of these rules names (file part,
 # function part or "" for any); wrappers and the collectives' own frames defer to their callers.
@@ -69,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--deepspeed-config", default=str(REPO / "ds_configs" / "cpu.json"))
+    parser.add_argument("--variant", default="", help="zero_optimization changes: key=value,key=value")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--set", nargs="*", default=[], help="run config overrides, e.g. train.micro_batch=8")
     parser.add_argument("--keep", default=None, help="also copy py-spy's raw output here")
@@ -77,11 +79,13 @@ def main() -> None:
         tmp = Path(tmp)
         recipe = write_recipe(tmp, args.steps)
         raw = tmp / "profile.txt"
+        ds_config = ds_variant(args.deepspeed_config, args.variant, tmp / "ds.json") if args.variant \
+            else args.deepspeed_config
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--idle", "--subprocesses", "--format", "raw",
                "--rate", str(args.rate), "-o", str(raw), "--", sys.executable, "-m", "llada_ds.cli", "train",
                "--nproc", "2", "--recipe", str(recipe), "--run-dir", str(tmp / "run"),
-               "--deepspeed_config", args.deepspeed_config, "--resume", "never", *(f"--{s}" for s in args.set)]
+               "--deepspeed_config", ds_config, "--resume", "never", *(f"--{s}" for s in args.set)]
         subprocess.run(cmd, env=env, check=True, capture_output=True)
         if args.keep:
             Path(args.keep).write_text(raw.read_text())
@@ -95,7 +99,7 @@ def main() -> None:
             samples[categorise(frames)] += int(n)
     total = sum(samples.values())
     print(f"ZeRO-3 on 2 gloo ranks, {args.steps} steps, config {args.deepspeed_config}"
-          + (f", {' '.join(args.set)}" if args.set else "") + f": {total} samples inside train_step (both ranks)")
+          + (f" + {args.variant}" if args.variant else "") + (f", {' '.join(args.set)}" if args.set else "") + f": {total} samples inside train_step (both ranks)")
     for name, n in samples.most_common():
         print(f"  {name:<45} {100 * n / total:5.1f}%")
 
