@@ -49,6 +49,8 @@ setup(
         # requirements/cpu.txt holds a set verified together (with datasets' fsspec bound).
         "s3": ["s3fs>=2024.12"],
         "gcs": ["gcsfs>=2024.12"],
+        # bench/zero3_profile.py: wall-clock samples of both training ranks (0.4.3 checked here).
+        "bench": ["py-spy>=0.4"],
         # moto's standalone server is the real S3 endpoint the tests talk to (on loopback).
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.5", "ray[train,default]>=2.60",
                 "wandb>=0.31,<0.32", "peft>=0.21", "s3fs>=2024.12", "moto[server]>=5.1"],

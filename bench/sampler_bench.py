@@ -6,7 +6,15 @@ confidence-threshold decoding (0.9). Agreement = share of generated tokens equal
 sampler's. The model is a trained run (default runs/demo/train from `make demo`) or, if there is
 none, a randomly initialised tiny model (agreement is then not meaningful).
 
+With --instructions (a test.jsonl of examples/instruct_task.py) it measures the samplers where
+they matter, on a model that knows its task (the SFT demo model, `make demo-sft`): each held-out
+prompt in the chat template, at every --batch size given, the exact sampler vs prefix cache, dual
+cache, and dual cache + threshold, with tokens/s (generated span, padding included) and the
+exact-match accuracy of each (answer cut at end-of-turn, compared after stripping spaces).
+
 Usage: python bench/sampler_bench.py [--model RUN_DIR] [--gen-length 128] [--block-length 32]
+       python bench/sampler_bench.py --model runs/demo/sft-train --instructions runs/demo/task/test.jsonl
+           --limit 48 --gen-length 256 --block-length 32 --batch 1 8 [--threshold 0.9]
 """
 
 from __future__ import annotations
@@ -34,8 +42,15 @@ def main() -> None:
     parser.add_argument("--gen-length", type=int, default=128)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--instructions", default=None, help="test.jsonl of {prompt, answer}: the task mode")
+    parser.add_argument("--limit", type=int, default=48, help="with --instructions: first N prompts")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="with --instructions: batch sizes")
+    parser.add_argument("--threshold", type=float, default=0.9)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.instructions:
+        task_mode(args)
+        return
     try:
         from llada_ds.data.tokenizer import Tokenizer
         from llada_ds.weights import load_model
@@ -74,6 +89,46 @@ def main() -> None:
         agree = (out == exact).float().mean().item()
         print(f"  {name:<28} {n_tokens / t:8.1f} tok/s  {t_exact / t:5.2f}x  forwards {forwards:4d}  "
               f"agreement with exact {100 * agree:5.1f}%")
+
+
+def task_mode(args) -> None:
+    from llada_ds.data.chat import encode_chat
+    from llada_ds.evaluation import read_instructions
+    from llada_ds.inference import cut_at, load_for_inference
+
+    loaded = load_for_inference(args.model)
+    model, tok = loaded.model, loaded.tokenizer
+    special = SpecialTokens.of(tok.special)
+    records = read_instructions(args.instructions, args.limit)
+    prompts = [encode_chat(tok, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
+               for r in records]
+    cfg = SamplerConfig(gen_length=args.gen_length, steps=args.gen_length, block_length=args.block_length)
+    samplers = [("exact", None), ("prefix cache", FastConfig("prefix")), ("dual cache", FastConfig("dual")),
+                (f"dual cache + threshold {args.threshold:g}", FastConfig("dual", threshold=args.threshold)),
+                (f"threshold {args.threshold:g}, no cache", FastConfig("none", threshold=args.threshold))]
+    print(f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters; {len(records)} held-out "
+          f"prompts of {args.instructions}; gen length {args.gen_length}, block {args.block_length}, "
+          f"{cfg.steps} steps, temperature 0, {args.threads} thread(s)")
+    for batch in args.batch:
+        results = []
+        for name, fast in samplers:
+            start, correct, forwards = time.perf_counter(), 0, 0
+            for i in range(0, len(prompts), batch):
+                chunk = prompts[i : i + batch]
+                if fast is None:
+                    out, n = generate(model, chunk, cfg, special), cfg.steps
+                else:
+                    out, n = generate_fast(model, chunk, cfg, special, fast)
+                forwards += n
+                for r, row in zip(records[i : i + batch], out.tolist()):
+                    answer = tok.decode(cut_at(row, (special.eot, special.eos))).strip()
+                    correct += int(answer == r["answer"])
+            results.append((name, time.perf_counter() - start, correct / len(records), forwards))
+        t_exact, acc_exact = results[0][1], results[0][2]
+        print(f"  batch {batch}:")
+        for name, t, acc, forwards in results:
+            print(f"    {name:<30} {len(records) * args.gen_length / t:8.1f} tok/s  {t_exact / t:5.2f}x  "
+                  f"forwards {forwards:5d}  exact match {acc:.3f} ({100 * (acc - acc_exact):+.1f} points)")
 
 
 if __name__ == "__main__":

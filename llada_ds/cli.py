@@ -29,6 +29,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(describe(get_preset(args.preset), args.preset, args.gpus, args.gpus_per_node, args.seq_len))
     if args.lora:
         print(_lora_info(args))
+    if args.gpu_memory is not None:
+        from .train.planner import describe_plans
+
+        from .lora import lora_spec
+
+        targets = lora_spec(args.lora, 2.0 * args.lora, 0.0, [args.lora_targets]).targets if args.lora else ()
+        print(describe_plans(get_preset(args.preset), args.gpus, args.gpu_memory, args.seq_len, args.lora,
+                             args.gpus_per_node, targets))
     return 0
 
 
@@ -253,7 +261,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                                              for p, want, got in r["examples"]))
     if args.multiple_choice:
         batch = max(d for d in range(1, 17) if args.mc_num % d == 0)  # mc_num must split into batches
-        r = multiple_choice(model, tokenizer, questions, args.mc_num, batch)
+        r = multiple_choice(model, tokenizer, questions, args.mc_num, batch, token_budget=args.token_budget)
         print(f"multiple-choice accuracy {r['accuracy']:.4f} on {r['n']} questions from {args.multiple_choice} "
               f"(Monte Carlo likelihood, mc_num {args.mc_num})")
     return 0
@@ -360,11 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--seq-len", type=int, default=None, help="default: the preset's max_seq_len")
     info.add_argument("--lora", type=int, default=0, metavar="R",
                       help="also LoRA fine-tuning of rank R: trainable parameters, memory per GPU, whether it fits one "
-                           "80 GB GPU")
+                           "80 GB GPU (with --gpu-memory: also the planner's LoRA plan)")
     info.add_argument("--lora-targets", default="all-linear",
                       help="with --lora: LLaDA's names, comma-separated (q_proj,k_proj,v_proj,attn_out,ff_proj,"
                            "up_proj,ff_out), or all-linear")
     info.add_argument("--lora-alpha", type=float, default=None, help=argparse.SUPPRESS)
+    info.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                      help="memory of each GPU in GB: adds the planner's micro batch, activation checkpointing and "
+                           "offload for pre-training, SFT (and LoRA with --lora)")
     info.set_defaults(func=_cmd_info)
 
     overfit = sub.add_parser("overfit", help="sanity check: overfit one batch of random tokens (CPU ok)")
@@ -429,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=int, default=None)
     ev.add_argument("--multiple-choice", default=None, help="jsonl of {context, choices, answer}")
     ev.add_argument("--mc-num", type=int, default=32, help="Monte Carlo samples per likelihood")
+    ev.add_argument("--token-budget", type=int, default=8192,
+                    help="with --multiple-choice: tokens per forward (Monte Carlo samples of all questions, batched "
+                         "by length)")
     ev.add_argument("--instruction-test", default=None, help="test.jsonl of llada-ds sft-task: exact match")
     ev.add_argument("--gen-length", type=int, default=16, help="with --instruction-test")
     ev.add_argument("--limit", type=int, default=None, help="with --instruction-test: first N instructions")

@@ -29,7 +29,7 @@ from .data.sft import SFTData
 from .data.shards import ShardSet
 from .data.storage import open_storage
 from .diffusion import NoiseConfig, Objective, make_objective
-from .diffusion.likelihood import log_likelihood
+from .diffusion.likelihood import TOKEN_BUDGET, log_likelihoods
 from .diffusion.noise import EVAL_STEP
 from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
 from .errors import DataError
@@ -124,15 +124,23 @@ def read_multiple_choice(path: str) -> list[dict]:
 
 
 def multiple_choice(model, tokenizer, questions: str | list[dict], mc_num: int = 32, batch_size: int = 16,
-                    seed: int = 0) -> dict:
-    """Accuracy on a jsonl file of questions (or its records, as read_multiple_choice returns them)."""
+                    seed: int = 0, token_budget: int = TOKEN_BUDGET) -> dict:
+    """Accuracy of picking the choice of highest estimated log-likelihood, on a jsonl file of
+    questions (or its records, as read_multiple_choice returns them); all (context, choice) pairs
+    are scored together, batched by length up to token_budget tokens per forward (each pair's
+    estimate is what it would be alone, for the same seed)."""
     records = read_multiple_choice(questions) if isinstance(questions, (str, Path)) else questions
-    correct = 0
-    for r in records:
+    pairs, owner = [], []
+    for i, r in enumerate(records):
         context = tokenizer.encode(r["context"])
-        scores = [log_likelihood(model, context, tokenizer.encode(c), tokenizer.special.mask, mc_num, batch_size,
-                                 seed=seed) for c in r["choices"]]
-        correct += int(int(np.argmax(scores)) == r["answer"])
+        pairs += [(context, tokenizer.encode(c)) for c in r["choices"]]
+        owner += [i] * len(r["choices"])
+    scores = log_likelihoods(model, pairs, tokenizer.special.mask, mc_num, batch_size, seed=seed,
+                             token_budget=token_budget)
+    by_record: list[list[float]] = [[] for _ in records]
+    for i, score in zip(owner, scores):
+        by_record[i].append(score)
+    correct = sum(int(int(np.argmax(s)) == r["answer"]) for s, r in zip(by_record, records))
     return {"accuracy": correct / max(len(records), 1), "n": len(records)}
 
 

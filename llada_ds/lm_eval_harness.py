@@ -9,7 +9,9 @@ the command line to lm-eval; lm-eval's own `lm_eval` command does not know the `
 because lm-eval finds model types only among its own modules.
 - loglikelihood: the Monte Carlo conditional log-likelihood (diffusion/likelihood.py, mc_num
   samples, stratified); is_greedy tells whether one forward with the whole continuation masked
-  predicts the continuation token for token (the diffusion analogue of greedy decoding).
+  predicts the continuation token for token (the diffusion analogue of greedy decoding). All
+  requests are scored together, their samples sorted by length and batched up to token_budget
+  tokens per forward (model_args token_budget=N); each estimate is what it would be alone.
 - loglikelihood_rolling: the same bound with an empty context (an ELBO, not an exact value).
 - generate_until: the LLaDA sampler (exact, or --fast style with fast=true), stopped at the first
   `until` string.
@@ -24,14 +26,14 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from .diffusion.fast_sampler import FastConfig, generate_fast
-from .errors import ConfigError
-from .diffusion.likelihood import log_likelihood
+from .diffusion.likelihood import TOKEN_BUDGET, greedy_matches, log_likelihoods
 from .diffusion.sampler import SamplerConfig, SpecialTokens, generate
+from .errors import ConfigError
 from .inference import cut_at, load_for_inference
 
 
 MODEL_ARGS = ("model", "tokenizer", "mc_num", "mc_batch", "gen_length", "steps", "block_length", "cfg_scale", "fast",
-              "cache", "threshold", "seed", "device", "dtype")
+              "cache", "threshold", "seed", "device", "dtype", "token_budget")
 LM_EVAL_KWARGS = {"batch_size", "max_batch_size"}  # what lm-eval adds to every model's arguments
 
 
@@ -44,9 +46,10 @@ class LLaDAHarnessModel(LM):
     def __init__(self, model: str, tokenizer: str | None = None, mc_num: int = 32, mc_batch: int = 16,
                  gen_length: int = 64, steps: int | None = None, block_length: int | None = None,
                  cfg_scale: float = 0.0, fast: bool = False, cache: str = "dual", threshold: float | None = None,
-                 seed: int = 0, device: str | None = None, dtype: str | None = None, **other: object) -> None:
-        # lm-eval itself passes batch_size / max_batch_size (requests are scored one at a time here);
-        # anything else is a misspelled model_args key, refused rather than silently ignored.
+                 seed: int = 0, device: str | None = None, dtype: str | None = None,
+                 token_budget: int = TOKEN_BUDGET, **other: object) -> None:
+        # lm-eval itself passes batch_size / max_batch_size (the likelihoods batch by token_budget
+        # instead); anything else is a misspelled model_args key, refused rather than silently ignored.
         unknown = sorted(set(other) - LM_EVAL_KWARGS)
         if unknown:
             raise ConfigError(f"unknown model_args {', '.join(unknown)} for the llada-ds model; known: "
@@ -54,6 +57,8 @@ class LLaDAHarnessModel(LM):
         if int(mc_num) < 1 or int(mc_batch) < 1 or int(mc_num) % int(mc_batch):
             raise ConfigError(f"model_args mc_num={mc_num} must be a positive multiple of mc_batch={mc_batch} "
                               "(Monte Carlo samples are drawn in batches of mc_batch)")
+        if int(token_budget) < 1:
+            raise ConfigError(f"model_args token_budget={token_budget} must be a positive number of tokens")
         super().__init__()
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             device = None  # lm-eval's own default is "cuda": on a CPU-only machine take the CPU
@@ -61,7 +66,7 @@ class LLaDAHarnessModel(LM):
         self.model, self.tok = loaded.model, loaded.tokenizer
         self.special = SpecialTokens.of(self.tok.special)
         self.mc_num, self.mc_batch, self.seed = int(mc_num), int(mc_batch), int(seed)
-        self.cfg_scale = float(cfg_scale)
+        self.cfg_scale, self.token_budget = float(cfg_scale), int(token_budget)
         self.sampler = SamplerConfig(gen_length=int(gen_length), steps=int(steps or gen_length),
                                      block_length=int(block_length) if block_length else None,
                                      cfg_scale=self.cfg_scale, seed=self.seed)
@@ -79,22 +84,23 @@ class LLaDAHarnessModel(LM):
         ctx = self.tok.encode(context)
         return ctx, whole[len(ctx):]
 
-    def _score(self, context: str, continuation: str) -> tuple[float, bool]:
-        ctx, cont = self._encode_pair(context, continuation)
-        if not cont:
-            return 0.0, True
-        ll = log_likelihood(self.model, ctx, cont, self.special.mask, self.mc_num, self.mc_batch, self.cfg_scale,
-                            self.seed)
-        with torch.no_grad():
-            x = torch.tensor([ctx + [self.special.mask] * len(cont)], device=next(self.model.parameters()).device)
-            greedy = self.model(x)[0, len(ctx):].argmax(-1).tolist() == cont
-        return ll, greedy
+    def _score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        encoded = [self._encode_pair(*p) for p in pairs]
+        todo = [i for i, (_, cont) in enumerate(encoded) if cont]  # an empty continuation: log 1, greedy
+        out = [(0.0, True)] * len(encoded)
+        reqs = [encoded[i] for i in todo]
+        lls = log_likelihoods(self.model, reqs, self.special.mask, self.mc_num, self.mc_batch, self.cfg_scale,
+                              self.seed, self.token_budget)
+        greedy = greedy_matches(self.model, reqs, self.special.mask, self.token_budget)
+        for i, ll, g in zip(todo, lls, greedy):
+            out[i] = (ll, g)
+        return out
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        return [self._score(*req.args) for req in requests]
+        return self._score([req.args for req in requests])
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        return [self._score("", req.args[0])[0] for req in requests]
+        return [ll for ll, _ in self._score([("", req.args[0]) for req in requests])]
 
     def generate_until(self, requests) -> list[str]:
         out = []

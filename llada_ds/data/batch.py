@@ -11,7 +11,7 @@ length, data fingerprint): a run resumed on any number of ranks continues the ex
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -28,13 +28,22 @@ class MicroBatch:
     doc_ids: Optional[torch.Tensor] = None  # (m, length) document ids, when document masking is on
     prompt_lengths: Optional[torch.Tensor] = None  # (m,) for SFT: tokens of each row that are prompt
     padding: int = 0  # EOS padding tokens added to make the rows one length (SFT)
+    # The host micro-batch this one was copied to the device from (set by `to`).
+    host: Optional["MicroBatch"] = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "MicroBatch":
         def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             return None if t is None else t.to(device)
 
         return MicroBatch(self.tokens.to(device), self.sample_indices, move(self.doc_ids), move(self.prompt_lengths),
-                          self.padding)
+                          self.padding, self if self.tokens.device.type == "cpu" else self.host)
+
+    def on_host(self) -> "MicroBatch":
+        """This micro-batch on the host: itself, or the host batch it was copied to the device from,
+        so that host-side work (token checks, the diffusion noise) reads nothing back from the device."""
+        if self.tokens.device.type == "cpu":
+            return self
+        return self.host if self.host is not None else self.to("cpu")
 
 
 def split_batch(global_batch: int, micro_batch: int, world: int) -> int:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError
@@ -114,12 +113,12 @@ class RolloutBatch:
 
 def token_logps(model, tokens: torch.Tensor, noisy: torch.Tensor, scored: torch.Tensor,
                 doc_ids: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(m, n) log p of each completion token given the masked input (d1's estimator, one forward),
-    and the (m, n) argmax predictions."""
+    """(m, n) log p of each completion token given the masked input (d1's estimator, one forward,
+    through the chunked head: never every token's logits at once), and whether each token is the
+    argmax."""
     m = tokens.shape[0]
-    logits = model(noisy, doc_ids=doc_ids, logits_mask=scored).float()
-    logp = -F.cross_entropy(logits, tokens[scored], reduction="none").view(m, -1)
-    return logp, logits.argmax(-1).view(m, -1)
+    rows = model(noisy, doc_ids=doc_ids, logits_mask=scored, targets=tokens[scored])
+    return -rows.ce.view(m, -1), rows.correct.view(m, -1)
 
 
 @dataclass(frozen=True)
@@ -265,7 +264,7 @@ class GRPOObjective:
     # -- one micro-batch of an update ------------------------------------------------------------------
     def loss(self, model, batch: RolloutBatch, step: int) -> tuple[torch.Tensor, StepStats]:
         s = self.settings
-        logp, pred = token_logps(model, batch.tokens, batch.noisy, batch.scored, batch.doc_ids)
+        logp, correct = token_logps(model, batch.tokens, batch.noisy, batch.scored, batch.doc_ids)
         mask = batch.completion_mask
         device = logp.device
         tokens = mask.sum()
@@ -280,8 +279,7 @@ class GRPOObjective:
             if out["kl"] is not None:
                 extra["kl"] = figure((out["kl"].detach() * mask).sum(), tokens, device)
         f64 = lambda v: torch.as_tensor(v, dtype=torch.float64, device=device).detach()  # noqa: E731
-        targets = batch.tokens[batch.scored].view(logp.shape)
         zeros = torch.zeros(N_BUCKETS, dtype=torch.float64, device=device)
-        stats = StepStats(f64(loss), f64(tokens), f64(((pred == targets).float() * mask).sum()),
+        stats = StepStats(f64(loss), f64(tokens), f64((correct.float() * mask).sum()),
                           f64(batch.noisy.numel()), f64(0), zeros, zeros.clone(), extra=extra)
         return loss, stats

@@ -15,7 +15,10 @@ added later implement the same method (preference optimisation: diffusion/prefer
 diffusion/grpo.py, which also prepares each step's batch, see `Objective`).
 
 The figures come back as `StepStats`: plain sums kept on the device (no host synchronisation per
-micro-batch), added up over a step's micro-batches and all-reduced once per optimizer step.
+micro-batch), added up over a step's micro-batches and all-reduced once per optimizer step. The
+forward process runs on the host copy of the micro-batch (`MicroBatch.on_host`, kept by
+`MicroBatch.to`), where its noise is drawn, and the loss in the model's output head in chunks
+(model/head.py), so an objective reads nothing back from the device.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from ..data.batch import MicroBatch
 from ..errors import ConfigError, DataError
-from .losses import N_BUCKETS, DiffusionLoss, autoregressive_loss, diffusion_loss
+from .losses import N_BUCKETS, DiffusionLoss, model_autoregressive_loss, model_diffusion_loss
 from .masking import NoiseConfig, check_tokens, pretrain_batch, sft_batch
 
 OBJECTIVES = ("pretrain", "sft", "ar")
@@ -136,9 +139,10 @@ class PretrainObjective:
     kind: str = "pretrain"
 
     def loss(self, model, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
-        b = pretrain_batch(batch.tokens, batch.sample_indices, step, self.mask_id, self.noise, doc_ids=batch.doc_ids,
-                           vocab_size=self.vocab_size)
-        out = diffusion_loss(model(b.noisy, doc_ids=b.doc_ids, logits_mask=b.masked), b, N_BUCKETS)
+        host = batch.on_host()
+        b = pretrain_batch(host.tokens, host.sample_indices, step, self.mask_id, self.noise, doc_ids=host.doc_ids,
+                           vocab_size=self.vocab_size).to(batch.tokens.device)
+        out = model_diffusion_loss(model, b, N_BUCKETS)
         return out.loss, StepStats.of(out, b.target.numel(), batch.padding)
 
 
@@ -152,9 +156,10 @@ class SFTObjective:
     def loss(self, model, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
         if batch.prompt_lengths is None:
             raise DataError("the SFT objective needs prompt lengths: train it on an SFT cache (llada-ds sft-data)")
-        b = sft_batch(batch.tokens, batch.prompt_lengths, batch.sample_indices, step, self.mask_id, self.noise,
-                      vocab_size=self.vocab_size)
-        out = diffusion_loss(model(b.noisy, logits_mask=b.masked), b, N_BUCKETS)
+        host = batch.on_host()
+        b = sft_batch(host.tokens, host.prompt_lengths, host.sample_indices, step, self.mask_id, self.noise,
+                      vocab_size=self.vocab_size).to(batch.tokens.device)
+        out = model_diffusion_loss(model, b, N_BUCKETS)
         return out.loss, StepStats.of(out, b.target.numel(), batch.padding)
 
 
@@ -166,8 +171,8 @@ class AutoregressiveObjective:
     kind: str = "ar"
 
     def loss(self, model, batch: MicroBatch, step: int) -> tuple[torch.Tensor, StepStats]:
-        check_tokens(batch.tokens, self.mask_id, self.vocab_size, batch.sample_indices)
-        out = autoregressive_loss(model(batch.tokens, doc_ids=batch.doc_ids, causal=True), batch.tokens)
+        check_tokens(batch.on_host().tokens, self.mask_id, self.vocab_size, batch.sample_indices)
+        out = model_autoregressive_loss(model, batch.tokens, batch.doc_ids)
         return out.loss, StepStats.of(out, batch.tokens.numel(), batch.padding)
 
 

@@ -88,15 +88,13 @@ def elbo_samples(x0: torch.Tensor, prompt_lengths: torch.Tensor, doc_ids: Option
 def elbo_estimates(model, s: ElboSamples) -> tuple[torch.Tensor, torch.Tensor]:
     """(R,) estimates of the ELBO of each row (the mean of its n copies), and the number of
     argmax-correct predictions at the scored positions."""
-    logits = model(s.noisy, doc_ids=s.doc_ids, logits_mask=s.masked)
-    targets = s.target[s.masked]
-    logp = -F.cross_entropy(logits.float(), targets, reduction="none")
+    # The chunked head (llada_ds/model/head.py): per-row CE without holding every row's logits.
+    rows = model(s.noisy, doc_ids=s.doc_ids, logits_mask=s.masked, targets=s.target[s.masked])
+    logp = -rows.ce
     copies = s.masked.nonzero()[:, 0]
     per_copy = torch.zeros(s.rows * s.n, dtype=logp.dtype, device=logp.device).index_add(0, copies, logp)
     estimate = (per_copy * s.weight.to(logp.dtype)).view(s.rows, s.n).mean(1)
-    with torch.no_grad():
-        correct = (logits.argmax(-1) == targets).sum()
-    return estimate, correct
+    return estimate, rows.correct.sum()
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

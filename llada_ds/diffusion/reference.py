@@ -18,8 +18,9 @@ import torch
 
 
 class Reference(Protocol):
-    def __call__(self, input_ids: torch.Tensor, doc_ids=None, logits_mask=None) -> torch.Tensor:
-        """The reference's logits (no gradient), with the model's forward arguments."""
+    def __call__(self, input_ids: torch.Tensor, doc_ids=None, logits_mask=None, targets=None):
+        """The reference's logits, or given targets its per-row loss from the chunked head (no
+        gradient), with the model's forward arguments."""
 
 
 class FrozenReference:
@@ -32,8 +33,8 @@ class FrozenReference:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def __call__(self, input_ids, doc_ids=None, logits_mask=None) -> torch.Tensor:
-        return self.model(input_ids, doc_ids=doc_ids, logits_mask=logits_mask)
+    def __call__(self, input_ids, doc_ids=None, logits_mask=None, targets=None):
+        return self.model(input_ids, doc_ids=doc_ids, logits_mask=logits_mask, targets=targets)
 
 
 class AdaptersDisabled:
@@ -47,6 +48,6 @@ class AdaptersDisabled:
         self.switch_off = switch_off
 
     @torch.no_grad()
-    def __call__(self, input_ids, doc_ids=None, logits_mask=None) -> torch.Tensor:
+    def __call__(self, input_ids, doc_ids=None, logits_mask=None, targets=None):
         with self.switch_off(self.policy):
-            return self.policy(input_ids, doc_ids=doc_ids, logits_mask=logits_mask)
+            return self.policy(input_ids, doc_ids=doc_ids, logits_mask=logits_mask, targets=targets)

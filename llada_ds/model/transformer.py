@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from .attention import resolve_backend
 from .config import ModelConfig
+from .head import OutputHead, RowLoss
 from .kv_cache import InferenceContext, KVCache
 from .layers import Embedding, Linear, RMSNorm, SwiGLU
 from .rope import apply_rope, rope_angles
@@ -107,7 +108,7 @@ class LLaDAModel(nn.Module):
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, EMBED_STD)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.head = Linear(cfg.d_model, cfg.vocab_size, std)
+        self.head = OutputHead(cfg.d_model, cfg.vocab_size, std)
         # How each layer is called: set from outside (e.g. activation checkpointing by the
         # trainer) without changing the module tree, so parameter names never change.
         self.layer_runner: Optional[Callable[[nn.Module, torch.Tensor, AttentionInputs], torch.Tensor]] = None
@@ -126,19 +127,29 @@ class LLaDAModel(nn.Module):
         *,
         causal: bool = False,
         cache: Optional[InferenceContext] = None,
-    ) -> torch.Tensor:
-        """Logits for every position, shape (batch, seq, vocab).
+        targets: Optional[torch.Tensor] = None,
+        row_weights: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor | RowLoss:
+        """Logits for every position, shape (batch, seq, vocab); or, given targets, their loss.
 
         doc_ids: optional (batch, seq) document ids; attention stays within each document.
-        logits_mask: optional (batch, seq) bool; then only those positions go through the output
+        logits_mask: optional (batch, seq) bool, or the (n,) long indices of the same positions in
+            the flattened (batch * seq) order; then only those positions go through the output
             head and the result is (n_selected, vocab) in row-major order. The diffusion losses
-            score masked positions only, so this skips the head for the rest.
+            score masked positions only, so this skips the head for the rest. Indices computed on
+            the host keep the forward free of device-to-host synchronisation (a boolean mask on
+            an accelerator must be counted there first).
         causal: a left-to-right mask instead of bidirectional attention (the autoregressive
             baseline; LLaDA itself never sets it).
         cache: inference only (the fast sampler): an InferenceContext giving the tokens' RoPE
             positions, cached keys/values they also attend to, the key padding mask, a list that
             collects each layer's keys/values, and the attention backend for the call. The
             context replaces doc_ids and causal (padding is masked through its key mask).
+        targets: optional (n_selected,) long, the token each selected position (all positions
+            without logits_mask) should predict. The head then returns a RowLoss (head.py: the
+            loss, per-row cross-entropy and correctness) computed in chunks of rows, never the
+            full logits; row_weights (n_selected,) make the loss sum_r w_r CE_r with the cheaper
+            fused gradient, without them each row's CE is differentiable.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
@@ -166,8 +177,12 @@ class LLaDAModel(nn.Module):
             h = layer(h, attn) if self.layer_runner is None else self.layer_runner(layer, h, attn)
         h = self.norm(h)
         if logits_mask is not None:
-            h = h[logits_mask.to(device)]
-        return self.head(h)
+            logits_mask = logits_mask.to(device)
+            h = h[logits_mask] if logits_mask.dtype == torch.bool else h.reshape(-1, h.shape[-1]).index_select(0, logits_mask)
+        if targets is None:
+            return self.head(h)
+        return self.head(h.reshape(-1, h.shape[-1]), targets.to(device).reshape(-1),
+                         None if row_weights is None else row_weights.to(device).reshape(-1))
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> LLaDAModel:

@@ -6,7 +6,8 @@ One optimizer step (`Trainer.train_step`), on every rank:
         loss, figures = objective.loss(engine, micro-batch, step)   noise keyed by (seed, step, sample)
         engine.backward(loss); engine.step()                         DeepSpeed accumulates, clips, steps
     before the last backward, one all-reduce gives every rank the step's figures and any stop request,
-    and the bad-step guard decides whether the update may be applied (recovery.py).
+    and the bad-step guard decides on the device whether the update may be applied (recovery.py);
+    after the update, one copy brings the step's figures and gradient norm to the host.
 
 The pieces around it: train/datasets.py (what the batches are), diffusion/objectives.py (what is
 trained; an objective with a `prepare` hook, GRPO, makes one step several updates on rollouts),
@@ -20,7 +21,7 @@ counters, so a resumed run (any world size) computes what an uninterrupted one w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import yaml
@@ -116,32 +117,41 @@ class Trainer:
                 loss, figures.loss = loss * float("nan"), figures.loss * float("nan")
             stats = stats + figures
             if i == len(micro_batches) - 1:  # decide before the last backward
-                totals, stop = self._agree(stats)
-                reason = self.guard.reason(totals["loss"] / n, self.state)
-                if reason:
-                    loss = loss * float("nan")  # ZeRO-3 sees non-finite gradients and skips the update
+                totals = self._agree(stats)
+                # A bad step's last backward is poisoned (ZeRO-3 then skips the update), decided
+                # on the device: multiplying by exactly 1.0 changes nothing otherwise.
+                bad = self.guard.flag(totals[0] / n, self.state)
+                loss = loss * torch.where(bad, float("nan"), 1.0).to(loss.dtype)
             self.engine.backward(loss)
             self.engine.step()
-        return self._outcome(step, lr, totals["loss"] / n, reason, stop, totals)
+        return self._outcome(step, lr, n, totals, stats.extra)
 
-    def _agree(self, stats: StepStats) -> tuple[dict, bool]:
-        """One all-reduce and one copy to the host per step: the step's figures summed over ranks,
-        and whether any rank was asked to stop, so that all ranks agree on the update and the stop."""
+    def _agree(self, stats: StepStats) -> torch.Tensor:
+        """The step's figures summed over ranks, and (last) how many ranks were asked to stop, so that
+        all ranks agree on the update and the stop: one all-reduce, on the device."""
         flag = torch.tensor([float(self.stop.requested)], dtype=torch.float64, device=stats.loss.device)
-        values = all_reduce_(torch.cat([stats.flat(), flag])).tolist()
-        return StepStats.named(values[:-1], stats.extra), values[-1] > 0
+        return all_reduce_(torch.cat([stats.flat(), flag]))
 
-    def _outcome(self, step: int, lr: float, loss: float, reason: Optional[str], stop: bool, s: dict) -> StepResult:
+    def _outcome(self, step: int, lr: float, n: int, totals: torch.Tensor, extra: Iterable[str]) -> StepResult:
+        """The step's figures on the host: one device-to-host copy per step (with the gradient norm);
+        extra: the names of the objective's own figures in `totals`."""
+        grad_norm = self.engine.get_global_grad_norm()
+        on_device = torch.is_tensor(grad_norm)
+        values = torch.cat([totals, grad_norm.reshape(1).to(totals)] if on_device else [totals]).tolist()
+        if on_device:
+            grad_norm = values.pop()
+        s, stop = StepStats.named(values[:-1], extra), values[-1] > 0
+        loss = s["loss"] / n
+        reason = self.guard.reason(loss, self.state)  # the criterion flag() applied on the device
         applied = self.engine.was_step_applied()
         if reason is not None and applied:
             raise TrainingError(f"step {step}: DeepSpeed applied an update with non-finite gradients; this "
                                 "DeepSpeed version does not discard such steps (use deepspeed>=0.19.8)")
         if reason is None and not applied:
             reason = "non-finite gradients"
-        grad_norm = self.engine.get_global_grad_norm() if applied else None
-        return StepResult(step, loss, lr, reason, stop, float("nan") if grad_norm is None else float(grad_norm),
-                          s["tokens"], s["masked"], s["correct"], s["padding"], s["bucket_loss"], s["bucket_count"],
-                          s["extra"])
+        grad_norm = float(grad_norm) if applied and grad_norm is not None else float("nan")
+        return StepResult(step, loss, lr, reason, stop, grad_norm, s["tokens"], s["masked"], s["correct"],
+                          s["padding"], s["bucket_loss"], s["bucket_count"], s["extra"])
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, stop_after: Optional[int] = None) -> int:

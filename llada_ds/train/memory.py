@@ -1,13 +1,17 @@
 """Memory of training a model preset on N GPUs, as `llada-ds info` prints it.
 
 Model states (parameters, gradients, Adam) under ZeRO-3 come from DeepSpeed's own estimator; the
-activation figure is our estimate (llada_ds/model/sizing.py).
+activation figure is our model of what this code keeps (llada_ds/model/sizing.py, checked against
+measured peaks); the planner (planner.py) combines them. `measure_cpu_memory` is how the
+activation model was checked.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+import torch
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
 from ..errors import ConfigError
@@ -75,7 +79,30 @@ def describe(cfg: ModelConfig, name: str, n_gpus: int = 8, gpus_per_node: int = 
     ckpt = activation_bytes_per_sequence(cfg, seq_len, checkpointing=True)
     full = activation_bytes_per_sequence(cfg, seq_len, checkpointing=False)
     lines.append(
-        f"  activations per sequence of {seq_len} (bf16, approximate): {ckpt / GIB:.2f} GiB with activation "
-        f"checkpointing, {full / GIB:.2f} GiB without; multiply by the micro batch"
+        f"  activations per sequence of {seq_len} (bf16, our measured model, half the tokens scored): "
+        f"{ckpt / GIB:.2f} GiB with activation checkpointing, {full / GIB:.2f} GiB without; --gpu-memory GB plans "
+        "the micro batch"
     )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class MeasuredMemory:
+    peak: int  # highest bytes allocated above what was allocated when fn started
+    retained: int  # bytes still allocated by fn when it returned
+
+
+def measure_cpu_memory(fn: Callable[[], object]) -> MeasuredMemory:
+    """Peak and retained bytes of CPU tensor memory allocated while fn runs (torch's profiler
+    records every allocation and free, forward and backward alike; nothing is sampled)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return MeasuredMemory(peak, level)

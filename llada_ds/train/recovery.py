@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import torch
+
 from ..config import RecoverySection
 from .state import RunState
 
@@ -26,10 +28,21 @@ class BadStepGuard:
         """Why a step with this global mean loss must not update the weights (None: it may)."""
         if not math.isfinite(mean_loss):
             return "non-finite loss"
+        if self._spike_limit(state) is not None and mean_loss > self._spike_limit(state):
+            return (f"loss spike ({mean_loss:.3g} > {self.cfg.spike_factor:g} x running mean "
+                    f"{state.loss_ema:.3g})")
+        return None
+
+    def flag(self, mean_loss: torch.Tensor, state: RunState) -> torch.Tensor:
+        """The same decision as `reason`, on the device (a bool tensor), with no host synchronisation."""
+        bad = ~torch.isfinite(mean_loss)
+        limit = self._spike_limit(state)
+        return bad if limit is None else bad | (mean_loss > limit)
+
+    def _spike_limit(self, state: RunState) -> Optional[float]:
         c = self.cfg
-        if (c.spike_factor and state.loss_ema is not None and state.good_steps >= c.spike_warmup_steps
-                and mean_loss > c.spike_factor * state.loss_ema):
-            return f"loss spike ({mean_loss:.3g} > {c.spike_factor:g} x running mean {state.loss_ema:.3g})"
+        if c.spike_factor and state.loss_ema is not None and state.good_steps >= c.spike_warmup_steps:
+            return c.spike_factor * state.loss_ema
         return None
 
     def record(self, loss: float, skipped: bool, state: RunState) -> None:

@@ -192,8 +192,9 @@ def test_whole_model_sdpa_and_eager_agree_fp32(with_docs):
 
 def test_forward_keeps_the_training_keywords_and_takes_one_inference_argument():
     params = inspect.signature(LLaDAModel.forward).parameters
-    assert list(params) == ["self", "input_ids", "doc_ids", "logits_mask", "causal", "cache"]
-    assert params["causal"].kind is params["cache"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(params) == ["self", "input_ids", "doc_ids", "logits_mask", "causal", "cache", "targets",
+                            "row_weights"]
+    assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in ("causal", "cache", "targets", "row_weights"))
     model = build_model(SMALL).eval()
     ids = torch.randint(0, SMALL.vocab_size, (2, 10))
     docs = torch.tensor([[0] * 4 + [1] * 6, [0] * 10])
@@ -201,6 +202,9 @@ def test_forward_keeps_the_training_keywords_and_takes_one_inference_argument():
     with torch.no_grad():
         full = model(ids, doc_ids=docs)
         torch.testing.assert_close(model(ids, doc_ids=docs, logits_mask=sel), full[sel], rtol=1e-6, atol=1e-6)
+        # The same positions as flat indices (what the objectives pass: computed on the host).
+        index = sel.reshape(-1).nonzero().squeeze(1)
+        torch.testing.assert_close(model(ids, doc_ids=docs, logits_mask=index), full[sel], rtol=1e-6, atol=1e-6)
         causal = model(ids, doc_ids=docs, causal=True)
         assert not torch.allclose(causal, full)
         # A context with nothing in it (same kernel, no past, no padding) is the plain forward.
