@@ -24,6 +24,7 @@ import sys
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from tqdm import tqdm
 
 from .diffusion.fast_sampler import FastConfig, generate_fast
 from .diffusion.likelihood import TOKEN_BUDGET, greedy_matches, log_likelihoods
@@ -35,6 +36,23 @@ from .inference import cut_at, load_for_inference
 MODEL_ARGS = ("model", "tokenizer", "mc_num", "mc_batch", "gen_length", "steps", "block_length", "cfg_scale", "fast",
               "cache", "threshold", "seed", "device", "dtype", "token_budget")
 LM_EVAL_KWARGS = {"batch_size", "max_batch_size"}  # what lm-eval adds to every model's arguments
+
+
+class _Bar:
+    """A progress bar on stderr (tqdm, as lm-eval's own models) fed (done, total) by the scorers."""
+
+    def __init__(self, desc: str, disable: bool) -> None:
+        self.bar = tqdm(desc=desc, unit="sample", disable=disable)
+
+    def update(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def _bool(v) -> bool:
@@ -84,27 +102,31 @@ class LLaDAHarnessModel(LM):
         ctx = self.tok.encode(context)
         return ctx, whole[len(ctx):]
 
-    def _score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+    def _score(self, pairs: list[tuple[str, str]], what: str, disable: bool) -> list[tuple[float, bool]]:
         encoded = [self._encode_pair(*p) for p in pairs]
         todo = [i for i, (_, cont) in enumerate(encoded) if cont]  # an empty continuation: log 1, greedy
         out = [(0.0, True)] * len(encoded)
         reqs = [encoded[i] for i in todo]
-        lls = log_likelihoods(self.model, reqs, self.special.mask, self.mc_num, self.mc_batch, self.cfg_scale,
-                              self.seed, self.token_budget)
-        greedy = greedy_matches(self.model, reqs, self.special.mask, self.token_budget)
+        # A bar per pass: scoring a task's requests at mc_num samples each can take hours.
+        with _Bar(f"{what}: Monte Carlo samples", disable) as bar:
+            lls = log_likelihoods(self.model, reqs, self.special.mask, self.mc_num, self.mc_batch, self.cfg_scale,
+                                  self.seed, self.token_budget, progress=bar.update)
+        with _Bar(f"{what}: greedy check", disable) as bar:
+            greedy = greedy_matches(self.model, reqs, self.special.mask, self.token_budget, progress=bar.update)
         for i, ll, g in zip(todo, lls, greedy):
             out[i] = (ll, g)
         return out
 
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        return self._score([req.args for req in requests])
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return self._score([req.args for req in requests], "loglikelihood", disable_tqdm)
 
-    def loglikelihood_rolling(self, requests) -> list[float]:
-        return [ll for ll, _ in self._score([("", req.args[0]) for req in requests])]
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        return [ll for ll, _ in self._score([("", req.args[0]) for req in requests], "loglikelihood_rolling",
+                                            disable_tqdm)]
 
-    def generate_until(self, requests) -> list[str]:
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out = []
-        for req in requests:
+        for req in tqdm(requests, desc="generate_until", unit="request", disable=disable_tqdm):
             context, kwargs = req.args
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)

@@ -21,7 +21,7 @@ model the output head runs on the masked positions only, in chunks (model/head.p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..model import LLaDAModel
 from .sampler import logits_fn
+
+Progress = Callable[[int, int], None]  # (done, total)
 
 # Tokens (rows x padded length) per forward: a few sequences of a few thousand tokens, or many
 # short multiple-choice rows; raise it on a large GPU.
@@ -161,12 +163,13 @@ def _device(model_or_fn):
 @torch.no_grad()
 def log_likelihoods(model_or_fn, requests: Sequence[tuple[Sequence[int], Sequence[int]]], mask_id: int,
                     mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0, seed: int = 0,
-                    token_budget: int = TOKEN_BUDGET) -> list[float]:
+                    token_budget: int = TOKEN_BUDGET, progress: Optional[Progress] = None) -> list[float]:
     """The estimate of log p(answer | prompt) for each (prompt, answer) request.
 
     model_or_fn: our model, a Hugging Face style model (`.logits`), or a function (tokens, valid
     mask or None) -> logits. batch_size: samples are stratified in groups of this size (in
     LLaDA's evaluation code it is also the forward batch). token_budget: tokens per forward.
+    progress: called after each forward with (samples scored so far, samples to score).
     """
     _check(mc_num, batch_size, cfg_scale, token_budget)
     device = _device(model_or_fn)
@@ -176,9 +179,13 @@ def log_likelihoods(model_or_fn, requests: Sequence[tuple[Sequence[int], Sequenc
     unique: dict[tuple, _Sample] = {}
     for s in samples:
         unique.setdefault(s.key, s)
+    done, todo = 0, len(unique)
     for batch in _batches(list(unique.values()), token_budget):
         for s, value in zip(batch, _score(model_or_fn, batch, mask_id, cfg_scale, device)):
             s.value = value
+        done += len(batch)
+        if progress is not None:
+            progress(done, todo)
     totals = [0.0] * len(requests)
     for s in samples:  # in each request's draw order
         value = unique[s.key].value
@@ -196,9 +203,10 @@ def log_likelihood(model_or_fn, prompt: Sequence[int], answer: Sequence[int], ma
 
 @torch.no_grad()
 def greedy_matches(model_or_fn, requests: Sequence[tuple[Sequence[int], Sequence[int]]], mask_id: int,
-                   token_budget: int = TOKEN_BUDGET) -> list[bool]:
+                   token_budget: int = TOKEN_BUDGET, progress: Optional[Progress] = None) -> list[bool]:
     """For each (prompt, answer): does one forward with the whole answer masked predict it token for
-    token (argmax)? The diffusion analogue of greedy decoding (lm-eval's is_greedy); batched."""
+    token (argmax)? The diffusion analogue of greedy decoding (lm-eval's is_greedy); batched.
+    progress: as for log_likelihoods (one sample per request)."""
     samples = []
     for r, (prompt, answer) in enumerate(requests):
         seq = torch.tensor(list(prompt) + [mask_id] * len(answer), dtype=torch.long)
@@ -207,7 +215,9 @@ def greedy_matches(model_or_fn, requests: Sequence[tuple[Sequence[int], Sequence
     out = [True] * len(requests)
     device = _device(model_or_fn)
     fn = model_or_fn if not isinstance(model_or_fn, torch.nn.Module) else logits_fn(model_or_fn)
-    for batch in _batches([s for s in samples if len(s.masked)], token_budget):
+    scored = [s for s in samples if len(s.masked)]
+    done = 0
+    for batch in _batches(scored, token_budget):
         longest = max(len(s.tokens) for s in batch)
         x = torch.full((len(batch), longest), mask_id, dtype=torch.long)
         valid = torch.zeros(len(batch), longest, dtype=torch.bool)
@@ -227,4 +237,7 @@ def greedy_matches(model_or_fn, requests: Sequence[tuple[Sequence[int], Sequence
             0, row.to(correct.device), (~correct).long()).tolist()
         for s, n in zip(batch, wrong):
             out[s.request] = n == 0
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(scored))
     return out

@@ -89,3 +89,16 @@ def test_greedy_matches_are_the_argmax_of_one_fully_masked_forward(model):
             expected[i] = True
     assert greedy_matches(model, reqs, MASK, token_budget=40) == expected
     assert greedy_matches(logits_fn(model), reqs, MASK, token_budget=40) == expected
+
+
+def test_progress_is_reported_after_each_forward_up_to_the_total(model):
+    reqs = requests(6, seed=4)
+    seen, greedy_seen = [], []
+    got = log_likelihoods(model, reqs, MASK, mc_num=16, batch_size=8, seed=1, token_budget=100,
+                          progress=lambda done, total: seen.append((done, total)))
+    assert got == log_likelihoods(model, reqs, MASK, mc_num=16, batch_size=8, seed=1, token_budget=100)
+    total = seen[0][1]
+    assert len(seen) > 1 and all(t == total for _, t in seen) and seen[-1][0] == total
+    assert [d for d, _ in seen] == sorted(set(d for d, _ in seen))  # strictly increasing
+    greedy_matches(model, reqs, MASK, token_budget=40, progress=lambda d, t: greedy_seen.append((d, t)))
+    assert greedy_seen[-1] == (len(reqs), len(reqs)) and len(greedy_seen) > 1

@@ -89,4 +89,7 @@ def test_eval_and_lm_eval_harness_on_a_trained_run(recipe, tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "llada_tiny_mc" in res.stdout and "llada_tiny_gen" in res.stdout
+    # Progress bars on stderr for the likelihood passes and the generations.
+    for bar in ("loglikelihood: Monte Carlo samples", "loglikelihood: greedy check", "generate_until"):
+        assert bar in res.stderr, bar
     assert list((tmp_path / "lm_eval_out").rglob("results*.json"))
