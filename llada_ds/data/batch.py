@@ -97,3 +97,22 @@ class DataState:
                 f"checkpoint consumed {self.samples_consumed} samples, not a multiple of the global batch "
                 f"{global_batch}: the global batch must not change across a resume")
         return self.samples_consumed // global_batch
+
+
+class CountedBatches:
+    """The data state of a batch source that takes `global_batch` samples per step from cached data
+    in a seeded order (SFT conversations, preference pairs, RL prompts): the subclass sets `data`
+    (with a `fingerprint`), `global_batch`, `seed` and `seq_len`, and defines `step`."""
+
+    data: object
+    global_batch: int
+    seed: int
+    seq_len: int
+
+    def state(self, steps_done: int) -> DataState:
+        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
+                         self.global_batch)
+
+    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
+        """The step to continue from, after checking the state belongs to this data and config."""
+        return state.resume_step(self.state(0), self.global_batch, saved_step)

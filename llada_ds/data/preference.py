@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, DataStateError
-from .batch import DataState, MicroBatch, split_batch
+from .batch import CountedBatches, MicroBatch, split_batch
 from .build import split_of
 from .chat import encode_chat
 from .order import global_order
@@ -139,7 +139,7 @@ def collate_pairs(data: PreferenceData, rows: list[int], indices: list[int], seq
     return MicroBatch(tokens, answers, doc_ids=valid if padding else None, prompt_lengths=prompt, padding=padding)
 
 
-class PreferenceBatches:
+class PreferenceBatches(CountedBatches):
     """The preference micro-batches of rank `rank` of `world` at each step; same interface as
     loader.DistributedBatches (step, state, resume_step, accumulation). Batch sizes count pairs."""
 
@@ -155,10 +155,3 @@ class PreferenceBatches:
         chunks = sorted_chunks(indices, self.data.length(rows), self.micro_batch, self.rank, self.world)
         return [collate_pairs(self.data, [rows[i] for i in chunk], [indices[i] for i in chunk], self.seq_len)
                 for chunk in chunks]
-
-    def state(self, steps_done: int) -> DataState:
-        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
-                         self.global_batch)
-
-    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
-        return state.resume_step(self.state(0), self.global_batch, saved_step)

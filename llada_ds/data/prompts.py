@@ -27,7 +27,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import BatchSplitError, DataError, ShardError
-from .batch import DataState, split_batch
+from .batch import CountedBatches, split_batch
 from .build import open_records, resolve_inputs, split_of
 from .chat import encode_chat
 from .order import global_order
@@ -134,7 +134,7 @@ class PromptBatch:
         return self  # token lists: the objective puts them on its device itself
 
 
-class PromptBatches:
+class PromptBatches(CountedBatches):
     """The prompts of rank `rank` of `world` at each step; same interface as loader.DistributedBatches
     (step, state, resume_step, accumulation). global_batch counts completions (prompts x G)."""
 
@@ -160,10 +160,3 @@ class PromptBatches:
         rows = global_order(np.array(indices, dtype=np.int64), len(self.data), self.seed).tolist()
         return [PromptBatch([self.data.prompt(r) for r in rows], indices, [self.data.texts[r] for r in rows],
                             [self.data.records[r] for r in rows])]
-
-    def state(self, steps_done: int) -> DataState:
-        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
-                         self.global_batch)
-
-    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
-        return state.resume_step(self.state(0), self.global_batch, saved_step)

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import DataError, DataStateError, ShardError
 from ..keys import noise_key
-from .batch import DataState, MicroBatch, split_batch
+from .batch import CountedBatches, MicroBatch, split_batch
 from .build import open_records, resolve_inputs, split_of
 from .chat import encode_chat
 from .order import global_order
@@ -187,7 +187,7 @@ def pad_micro_batch(samples: list[tuple[np.ndarray, int]], indices: list[int], e
     return MicroBatch(tokens, list(indices), prompt_lengths=prompt, padding=padding)
 
 
-class SFTBatches:
+class SFTBatches(CountedBatches):
     """The SFT micro-batches of rank `rank` of `world` at each step; same interface as
     loader.DistributedBatches (step, state, resume_step, accumulation)."""
 
@@ -204,11 +204,4 @@ class SFTBatches:
         return [pad_micro_batch([self.data.sample(rows[i]) for i in chunk], [indices[i] for i in chunk],
                                 self.data.eos, self.seq_len)
                 for chunk in chunks]
-
-    def state(self, steps_done: int) -> DataState:
-        return DataState(steps_done * self.global_batch, self.seed, self.seq_len, self.data.fingerprint,
-                         self.global_batch)
-
-    def resume_step(self, state: DataState, saved_step: Optional[int] = None) -> int:
-        return state.resume_step(self.state(0), self.global_batch, saved_step)
 
