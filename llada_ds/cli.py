@@ -471,34 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     exp.set_defaults(func=_cmd_export)
 
-    sft = sub.add_parser("sft-data", help="tokenize conversations ({messages: [...]}) into SFT train/validation caches")
-    sft.add_argument("--input", nargs="+", required=True)
-    sft.add_argument("--tokenizer", required=True)
-    sft.add_argument("--out", required=True)
-    sft.add_argument("--val-fraction", type=float, default=0.02)
-    sft.add_argument("--split-seed", type=int, default=0)
-    sft.add_argument("--max-len", type=int, default=4096)
-    sft.set_defaults(func=_cmd_sft_data)
-
-    pref = sub.add_parser("pref-data", help="tokenize preference pairs ({prompt | messages, chosen, rejected}) into "
-                                            "train/validation caches (objective.kind=vrpo)")
-    pref.add_argument("--input", nargs="+", required=True)
-    pref.add_argument("--tokenizer", required=True)
-    pref.add_argument("--out", required=True)
-    pref.add_argument("--val-fraction", type=float, default=0.02)
-    pref.add_argument("--split-seed", type=int, default=0)
-    pref.add_argument("--max-len", type=int, default=4096)
-    pref.set_defaults(func=_cmd_pref_data)
-
-    prompts = sub.add_parser("prompt-data", help="tokenize prompts ({prompt | messages, answer?, ...}) into a cache "
-                                                 "for RL (objective.kind=grpo)")
-    prompts.add_argument("--input", nargs="+", required=True)
-    prompts.add_argument("--tokenizer", required=True)
-    prompts.add_argument("--out", required=True)
-    prompts.add_argument("--val-fraction", type=float, default=0.0, help="default 0: train split only")
-    prompts.add_argument("--split-seed", type=int, default=0)
-    prompts.add_argument("--max-len", type=int, default=4096)
-    prompts.set_defaults(func=_cmd_prompt_data)
+    # Three caches built the same way from records: conversations (SFT), preference pairs, prompts.
+    for name, help_text, func, val_fraction in (
+        ("sft-data", "tokenize conversations ({messages: [...]}) into SFT train/validation caches", _cmd_sft_data,
+         0.02),
+        ("pref-data", "tokenize preference pairs ({prompt | messages, chosen, rejected}) into train/validation "
+                      "caches (objective.kind=vrpo)", _cmd_pref_data, 0.02),
+        ("prompt-data", "tokenize prompts ({prompt | messages, answer?, ...}) into a cache for RL "
+                        "(objective.kind=grpo)", _cmd_prompt_data, 0.0),
+    ):
+        cache = sub.add_parser(name, help=help_text)
+        cache.add_argument("--input", nargs="+", required=True)
+        cache.add_argument("--tokenizer", required=True)
+        cache.add_argument("--out", required=True)
+        cache.add_argument("--val-fraction", type=float, default=val_fraction,
+                           help="default 0: train split only" if val_fraction == 0 else None)
+        cache.add_argument("--split-seed", type=int, default=0)
+        cache.add_argument("--max-len", type=int, default=4096)
+        cache.set_defaults(func=func)
 
     imp = sub.add_parser("import", help="a Hugging Face folder in LLaDA's released layout -> a llada-ds checkpoint")
     imp.add_argument("hf_dir")

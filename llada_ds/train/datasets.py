@@ -69,27 +69,23 @@ def open_shards(path: str, verify: str, tokenizer: Tokenizer, dist: DistInfo, ca
     return shards
 
 
+# Objectives trained on a table cache (`llada-ds sft-data`, `llada-ds pref-data`): its data and batches.
+TABLE_CACHES = {"sft": (SFTData, SFTBatches), "vrpo": (PreferenceData, PreferenceBatches)}
+
+
 def open_run_data(cfg: RunConfig, tokenizer: Tokenizer, dist: DistInfo) -> RunData:
     d, t = cfg.data, cfg.train
-    if cfg.objective.kind == "vrpo":  # preference pairs cached by `llada-ds pref-data`
-        train = PreferenceData(d.train, tokenizer.fingerprint, d.verify)
-        batches = PreferenceBatches(train, t.global_batch, t.micro_batch, d.seed, d.seq_len, dist.rank, dist.world)
-        validation = None
-        if d.validation:
-            pref = PreferenceData(d.validation, tokenizer.fingerprint, d.verify)
-            validation = lambda: pref.validation_micro_batches(  # noqa: E731
-                cfg.eval.samples, t.micro_batch, d.seq_len, dist.rank, dist.world)
-        return RunData(batches, validation)
     if cfg.objective.kind == "grpo":  # prompts cached by `llada-ds prompt-data`; no validation loss
         prompts = PromptData(d.train, tokenizer.fingerprint, d.verify)
         return RunData(PromptBatches(prompts, t.global_batch, t.micro_batch, cfg.grpo.generations, d.seed, d.seq_len,
                                      cfg.grpo.gen_length, dist.rank, dist.world), None)
-    if cfg.objective.kind == "sft":  # conversations cached by `llada-ds sft-data`
-        train = SFTData(d.train, tokenizer.fingerprint, d.verify)
-        batches = SFTBatches(train, t.global_batch, t.micro_batch, d.seed, d.seq_len, dist.rank, dist.world)
+    if cfg.objective.kind in TABLE_CACHES:  # conversations or preference pairs: same shape of data
+        data_class, batches_class = TABLE_CACHES[cfg.objective.kind]
+        train = data_class(d.train, tokenizer.fingerprint, d.verify)
+        batches = batches_class(train, t.global_batch, t.micro_batch, d.seed, d.seq_len, dist.rank, dist.world)
         validation = None
         if d.validation:
-            val = SFTData(d.validation, tokenizer.fingerprint, d.verify)
+            val = data_class(d.validation, tokenizer.fingerprint, d.verify)
             validation = lambda: val.validation_micro_batches(  # noqa: E731
                 cfg.eval.samples, t.micro_batch, d.seq_len, dist.rank, dist.world)
         return RunData(batches, validation)
